@@ -1,0 +1,264 @@
+//! The driver shared by [`WebSocket`](crate::WebSocket) and its split halves:
+//! a [`Connection`] and the socket, moved by `poll_*` functions that never
+//! hold a lock across an `.await`.
+
+use std::future::Future;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::Buf;
+use sockeye_proto::{Connection, Message, Role};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+use crate::{Config, Error};
+
+/// Reads larger than this are released after a message, so that one big
+/// message does not leave an idle connection holding a big buffer.
+const KEEP_READ_CAPACITY: usize = 64 * 1024;
+
+#[derive(Debug)]
+pub(crate) struct Inner<S> {
+    pub(crate) conn: Connection,
+    pub(crate) io: S,
+    pub(crate) config: Config,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The socket's write side is shut down.
+    shut_down: bool,
+    /// The peer closed its side of the socket.
+    eof: bool,
+    /// The error that ended the connection was already reported.
+    reported_end: bool,
+    /// A split writer waiting for the socket to take bytes. The reader may
+    /// write too (pongs, close replies) and so take the socket's one write
+    /// wakeup; it passes the wakeup on through this.
+    writer_waker: Option<Waker>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
+    pub(crate) fn new(io: S, conn: Connection, config: Config) -> Self {
+        Inner {
+            conn,
+            io,
+            config,
+            timer: None,
+            shut_down: false,
+            eof: false,
+            reported_end: false,
+            writer_waker: None,
+        }
+    }
+
+    /// The next message. Writes queued bytes (echoes, pongs) before waiting
+    /// for input, so replies to a burst of messages leave in one write.
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
+        loop {
+            if let Some(result) = self.conn.poll_message() {
+                return Poll::Ready(Some(match result {
+                    Ok(message) => Ok(message),
+                    Err(error) => {
+                        // Best effort: put the close frame on the wire now.
+                        let _ = self.poll_write_transmit(cx);
+                        self.reported_end = true;
+                        Err(Error::Protocol(error))
+                    }
+                }));
+            }
+            if self.conn.is_closed() {
+                return match ready!(self.poll_finish(cx)) {
+                    Ok(()) => Poll::Ready(None),
+                    Err(e) if !self.reported_end => {
+                        self.reported_end = true;
+                        Poll::Ready(Some(Err(e)))
+                    }
+                    Err(_) => Poll::Ready(None),
+                };
+            }
+            if !self.conn.transmit().is_empty() {
+                let before = self.conn.buffered_amount();
+                if let Poll::Ready(Err(e)) = self.poll_flush(cx) {
+                    return Poll::Ready(Some(Err(e)));
+                }
+                if self.conn.buffered_amount() < before {
+                    if let Some(waker) = self.writer_waker.take() {
+                        waker.wake();
+                    }
+                }
+            }
+            if self.poll_close_timer(cx) {
+                continue;
+            }
+            if self.eof {
+                if self.reported_end {
+                    return Poll::Ready(None);
+                }
+                self.reported_end = true;
+                return Poll::Ready(Some(Err(Error::AbnormalClosure)));
+            }
+            match ready!(self.poll_read(cx)) {
+                Ok(0) => self.eof = true,
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(e.into()))),
+            }
+        }
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let want = self.config.read_buffer_size;
+        let buf = self.conn.read_buf();
+        if buf.is_empty() && buf.capacity() > KEEP_READ_CAPACITY {
+            *buf = bytes::BytesMut::new();
+        }
+        buf.reserve(want);
+        // tokio-util fills the spare capacity without exposing uninitialised bytes.
+        let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, buf))?;
+        Poll::Ready(Ok(n))
+    }
+
+    /// Fires the close-handshake timer; true when it fired.
+    fn poll_close_timer(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(deadline) = self.conn.poll_timeout() else {
+            self.timer = None;
+            return false;
+        };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            self.conn.handle_timeout(deadline.into_std());
+            self.timer = None;
+            return true;
+        }
+        false
+    }
+
+    /// Writes what is queued, without flushing the socket.
+    pub(crate) fn poll_write_transmit(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        while !self.conn.transmit().is_empty() {
+            let vectored = self.io.is_write_vectored();
+            let transmit = self.conn.transmit();
+            let n = if vectored {
+                let mut slices = [IoSlice::new(&[]); 64];
+                let count = transmit.chunks_vectored(&mut slices);
+                ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]))?
+            } else {
+                let chunk = transmit.chunk();
+                ready!(Pin::new(&mut self.io).poll_write(cx, chunk))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()));
+            }
+            self.conn.transmit().advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes everything queued and flushes the socket.
+    pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.poll_write_transmit(cx)?.is_pending() {
+            self.writer_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Waits until the queue is below the high-water mark, writing as needed.
+    pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        while self.conn.buffered_amount() >= self.config.write_buffer_high {
+            if self.poll_write_transmit(cx)?.is_pending() {
+                self.writer_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Queues a message without waiting.
+    pub(crate) fn start_send(&mut self, message: Message) -> Result<(), Error> {
+        if self.conn.is_closed() {
+            return Err(Error::Closed);
+        }
+        let now = tokio::time::Instant::now().into_std();
+        self.conn.send_message(message, now).map_err(|e| match e {
+            sockeye_proto::Error::Closed => Error::Closed,
+            other => Error::Protocol(other),
+        })
+    }
+
+    /// Queues a message unless the queue is over its limit.
+    pub(crate) fn try_send(&mut self, message: Message) -> Result<(), Error> {
+        let buffered = self.conn.buffered_amount();
+        let limit = self.config.max_write_buffer;
+        if buffered + message.len() > limit && buffered > 0 {
+            return Err(Error::BufferFull {
+                message: Box::new(message),
+                buffered,
+                limit,
+            });
+        }
+        self.start_send(message)
+    }
+
+    /// After the close handshake: flush, then close the socket. A client
+    /// waits for the server to close first (RFC 6455 section 7.1.1), up to
+    /// the close timeout.
+    pub(crate) fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if !self.shut_down {
+            ready!(self.poll_flush(cx))?;
+            if self.conn.role() == Role::Client && !self.eof {
+                ready!(self.poll_wait_eof(cx));
+            }
+            ready!(Pin::new(&mut self.io).poll_shutdown(cx))?;
+            self.shut_down = true;
+            self.conn.shrink_idle();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads and discards until the peer closes the socket or the close timeout passes.
+    fn poll_wait_eof(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let timeout = self.config.protocol.close_timeout;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if timer.as_mut().poll(cx).is_ready() {
+            self.timer = None;
+            return Poll::Ready(());
+        }
+        let mut scratch = [0u8; 512];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => break,
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(_)) => break,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.eof = true;
+        self.timer = None;
+        Poll::Ready(())
+    }
+
+    /// Starts the close handshake if needed, then drives it to the end.
+    pub(crate) fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        loop {
+            if self.conn.is_closed() {
+                return self.poll_finish(cx);
+            }
+            if self.conn.state() == sockeye_proto::State::Open {
+                let now = tokio::time::Instant::now().into_std();
+                let frame = sockeye_proto::CloseFrame::new(sockeye_proto::CloseCode::NORMAL, "");
+                let _ = self.conn.send_close(Some(frame), now);
+            }
+            match ready!(self.poll_recv(cx)) {
+                Some(_) => continue,
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
