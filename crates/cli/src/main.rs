@@ -56,10 +56,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.addr))?;
     let addr = listener.local_addr()?;
-    tracing::info!("listening on http://{addr} (echo: ws://{addr}{})", config.echo_path);
+    tracing::info!(
+        "listening on http://{addr} (echo: ws://{addr}{})",
+        config.echo_path
+    );
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    sockeye_server::EchoServer::new(config).run(listener, shutdown).await;
+    sockeye_server::EchoServer::new(config)
+        .run(listener, shutdown)
+        .await;
     Ok(())
 }

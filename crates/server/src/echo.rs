@@ -79,15 +79,17 @@ async fn serve_connection(tcp: TcpStream, config: &ServeConfig) -> Result<(), so
         } else {
             Err(sockeye::text_response(
                 http::StatusCode::NOT_FOUND,
-                &format!("no endpoint at {}; the echo endpoint is {echo_path}", request.uri().path()),
+                &format!(
+                    "no endpoint at {}; the echo endpoint is {echo_path}",
+                    request.uri().path()
+                ),
             ))
         }
     })
     .await?;
     while let Some(message) = ws.recv().await {
-        match message? {
-            message @ (Message::Text(_) | Message::Binary(_)) => ws.feed(message).await?,
-            _ => {}
+        if let message @ (Message::Text(_) | Message::Binary(_)) = message? {
+            ws.feed(message).await?;
         }
     }
     Ok(())

@@ -44,7 +44,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    let (mut ws, _) = sockeye::connect_with(&format!("{base}/updateReports?agent={agent}"), &config).await?;
+    let (mut ws, _) =
+        sockeye::connect_with(&format!("{base}/updateReports?agent={agent}"), &config).await?;
     while ws.recv().await.is_some() {}
     println!("ran {count} cases as {agent}");
     Ok(())

@@ -16,7 +16,9 @@ pub async fn accept<S>(io: S) -> Result<WebSocket<S>, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    accept_with(io, &Config::default(), |_| Ok(())).await.map(|(ws, _)| ws)
+    accept_with(io, &Config::default(), |_| Ok(()))
+        .await
+        .map(|(ws, _)| ws)
 }
 
 /// Accepts a WebSocket on `io`: reads the request (within
@@ -39,7 +41,10 @@ where
     let read = tokio::time::timeout(timeout, read_request(&mut io, config.max_header_size)).await;
     let (request, rest) = match read {
         Err(_) => {
-            let refusal = text_response(http::StatusCode::REQUEST_TIMEOUT, "the request did not arrive in time");
+            let refusal = text_response(
+                http::StatusCode::REQUEST_TIMEOUT,
+                "the request did not arrive in time",
+            );
             let _ = write_refusal(&mut io, &refusal).await;
             return Err(Error::HandshakeTimeout(timeout));
         }
@@ -76,9 +81,11 @@ where
     io.write_all(&head).await?;
     io.flush().await?;
     let deflate = match (accepted.deflate, config.deflate.as_ref()) {
-        (Some(params), Some(deflate_config)) => {
-            Some(PerMessageDeflate::new(Role::Server, &params, deflate_config))
-        }
+        (Some(params), Some(deflate_config)) => Some(PerMessageDeflate::new(
+            Role::Server,
+            &params,
+            deflate_config,
+        )),
         _ => None,
     };
     let ws = WebSocket::from_partially_read(io, &rest, Role::Server, config.clone(), deflate);
@@ -127,7 +134,13 @@ pub fn text_response(status: http::StatusCode, reason: &str) -> Refusal {
     let mut response = http::Response::new(format!("{reason}\n"));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
-    headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
     response
 }

@@ -45,7 +45,10 @@ async fn connect_inner(
         None => return Err(bad("missing ws:// or wss://")),
     };
     let host = uri.host().ok_or_else(|| bad("missing host"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
 
     let tcp = open_tcp(&host, port).await?;
@@ -81,12 +84,10 @@ async fn open_tcp(host: &str, port: u16) -> Result<TcpStream, Error> {
             Err(e) => last = Some(e),
         }
     }
-    Err(last
-        .map(Error::Io)
-        .unwrap_or_else(|| Error::Dns {
-            host: host.to_string(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"),
-        }))
+    Err(last.map(Error::Io).unwrap_or_else(|| Error::Dns {
+        host: host.to_string(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"),
+    }))
 }
 
 /// Performs the client's opening handshake on a connected stream.
@@ -98,8 +99,12 @@ pub async fn client_handshake<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (handshake, request) =
-        ClientHandshake::new(uri, &config.protocols, &config.headers, config.deflate.as_ref())?;
+    let (handshake, request) = ClientHandshake::new(
+        uri,
+        &config.protocols,
+        &config.headers,
+        config.deflate.as_ref(),
+    )?;
     io.write_all(&request).await?;
     io.flush().await?;
     let mut buf = BytesMut::with_capacity(1024);
@@ -127,9 +132,11 @@ where
     }
     let negotiated = handshake.validate_response(&response)?;
     let deflate = match (negotiated.deflate, config.deflate.as_ref()) {
-        (Some(params), Some(deflate_config)) => {
-            Some(PerMessageDeflate::new(Role::Client, &params, deflate_config))
-        }
+        (Some(params), Some(deflate_config)) => Some(PerMessageDeflate::new(
+            Role::Client,
+            &params,
+            deflate_config,
+        )),
         _ => None,
     };
     let ws = WebSocket::from_partially_read(io, &buf, Role::Client, config.clone(), deflate);
@@ -137,7 +144,11 @@ where
 }
 
 /// Reads up to 4 KiB of a refusal's body, for the error message.
-async fn read_body<S: AsyncRead + Unpin>(io: &mut S, response: &http::Response<()>, mut buf: BytesMut) -> String {
+async fn read_body<S: AsyncRead + Unpin>(
+    io: &mut S,
+    response: &http::Response<()>,
+    mut buf: BytesMut,
+) -> String {
     const LIMIT: usize = 4096;
     let want = response
         .headers()

@@ -5,9 +5,11 @@
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll, Waker};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll, Wake, Waker};
 
 use bytes::Buf;
+use sockeye_proto::connection::CloseCause;
 use sockeye_proto::{Connection, Message, Role};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
@@ -30,15 +32,71 @@ pub(crate) struct Inner<S> {
     eof: bool,
     /// The error that ended the connection was already reported.
     reported_end: bool,
-    /// A split writer waiting for the socket to take bytes. The reader may
-    /// write too (pongs, close replies) and so take the socket's one write
-    /// wakeup; it passes the wakeup on through this.
-    writer_waker: Option<Waker>,
+    /// Reading or writing the socket failed; `recv` reported it and ends.
+    io_failed: bool,
+    /// The waker the socket gets for write readiness; see [`WriteWakers`].
+    write_wakers: Arc<WriteWakers>,
+    write_waker: Waker,
+}
+
+/// Which half of a (possibly split) connection is writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Half {
+    /// `recv`: writes pongs, close replies and queued echoes on its way.
+    Reader,
+    /// `send`, `feed`, `flush`.
+    Writer,
+}
+
+/// Both halves of a split connection write (the reader sends pongs and
+/// close replies), but a socket keeps only the last waker given to
+/// `poll_write`: each half would displace the other's and one could sleep
+/// forever. So the socket is given this waker, which wakes whichever
+/// halves are waiting for it to take bytes (as tokio-tungstenite's
+/// `WakerProxy` does).
+#[derive(Debug, Default)]
+struct WriteWakers {
+    reader: Mutex<Option<Waker>>,
+    writer: Mutex<Option<Waker>>,
+}
+
+impl WriteWakers {
+    fn register(&self, half: Half, waker: &Waker) {
+        let slot = match half {
+            Half::Reader => &self.reader,
+            Half::Writer => &self.writer,
+        };
+        let mut slot = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !slot.as_ref().is_some_and(|old| old.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
+    }
+}
+
+impl Wake for WriteWakers {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        for slot in [&self.reader, &self.writer] {
+            let waker = slot
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     pub(crate) fn new(io: S, conn: Connection, config: Config) -> Self {
+        let write_wakers = Arc::new(WriteWakers::default());
         Inner {
+            write_waker: Waker::from(Arc::clone(&write_wakers)),
+            write_wakers,
             conn,
             io,
             config,
@@ -46,20 +104,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             shut_down: false,
             eof: false,
             reported_end: false,
-            writer_waker: None,
+            io_failed: false,
         }
     }
 
     /// The next message. Writes queued bytes (echoes, pongs) before waiting
     /// for input, so replies to a burst of messages leave in one write.
-    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
+    pub(crate) fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Message, Error>>> {
         loop {
             if let Some(result) = self.conn.poll_message() {
                 return Poll::Ready(Some(match result {
                     Ok(message) => Ok(message),
                     Err(error) => {
                         // Best effort: put the close frame on the wire now.
-                        let _ = self.poll_write_transmit(cx);
+                        let _ = self.poll_write_transmit(cx, Half::Reader);
                         self.reported_end = true;
                         Err(Error::Protocol(error))
                     }
@@ -75,15 +136,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                     Err(_) => Poll::Ready(None),
                 };
             }
+            if self.io_failed {
+                // Reported once; trying again would fail the same way.
+                return Poll::Ready(None);
+            }
             if !self.conn.transmit().is_empty() {
-                let before = self.conn.buffered_amount();
-                if let Poll::Ready(Err(e)) = self.poll_flush(cx) {
+                if let Poll::Ready(Err(e)) = self.poll_flush(cx, Half::Reader) {
+                    self.io_failed = true;
                     return Poll::Ready(Some(Err(e)));
-                }
-                if self.conn.buffered_amount() < before {
-                    if let Some(waker) = self.writer_waker.take() {
-                        waker.wake();
-                    }
                 }
             }
             if self.poll_close_timer(cx) {
@@ -99,7 +159,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             match ready!(self.poll_read(cx)) {
                 Ok(0) => self.eof = true,
                 Ok(_) => {}
-                Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                Err(e) => {
+                    self.io_failed = true;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
             }
         }
     }
@@ -112,7 +175,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         }
         buf.reserve(want);
         // tokio-util fills the spare capacity without exposing uninitialised bytes.
-        let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, buf))?;
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            buf
+        ))?;
         Poll::Ready(Ok(n))
     }
 
@@ -123,7 +190,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             return false;
         };
         let deadline = tokio::time::Instant::from_std(deadline);
-        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if timer.deadline() != deadline {
             timer.as_mut().reset(deadline);
         }
@@ -135,8 +204,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         false
     }
 
-    /// Writes what is queued, without flushing the socket.
-    pub(crate) fn poll_write_transmit(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    /// Writes what is queued, without flushing the socket. `half` is woken
+    /// when the socket can take more.
+    fn poll_write_transmit(&mut self, cx: &mut Context<'_>, half: Half) -> Poll<Result<(), Error>> {
+        if self.conn.transmit().is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        self.write_wakers.register(half, cx.waker());
+        let cx = &mut Context::from_waker(&self.write_waker);
         while !self.conn.transmit().is_empty() {
             let vectored = self.io.is_write_vectored();
             let transmit = self.conn.transmit();
@@ -149,7 +224,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 ready!(Pin::new(&mut self.io).poll_write(cx, chunk))?
             };
             if n == 0 {
-                return Poll::Ready(Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()));
+                return Poll::Ready(Err(
+                    std::io::Error::from(std::io::ErrorKind::WriteZero).into()
+                ));
             }
             self.conn.transmit().advance(n);
         }
@@ -157,11 +234,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     }
 
     /// Writes everything queued and flushes the socket.
-    pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        if self.poll_write_transmit(cx)?.is_pending() {
-            self.writer_waker = Some(cx.waker().clone());
-            return Poll::Pending;
-        }
+    pub(crate) fn poll_flush(
+        &mut self,
+        cx: &mut Context<'_>,
+        half: Half,
+    ) -> Poll<Result<(), Error>> {
+        ready!(self.poll_write_transmit(cx, half))?;
+        self.write_wakers.register(half, cx.waker());
+        let cx = &mut Context::from_waker(&self.write_waker);
         ready!(Pin::new(&mut self.io).poll_flush(cx))?;
         Poll::Ready(Ok(()))
     }
@@ -169,10 +249,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     /// Waits until the queue is below the high-water mark, writing as needed.
     pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         while self.conn.buffered_amount() >= self.config.write_buffer_high {
-            if self.poll_write_transmit(cx)?.is_pending() {
-                self.writer_waker = Some(cx.waker().clone());
-                return Poll::Pending;
-            }
+            ready!(self.poll_write_transmit(cx, Half::Writer))?;
         }
         Poll::Ready(Ok(()))
     }
@@ -205,14 +282,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
 
     /// After the close handshake: flush, then close the socket. A client
     /// waits for the server to close first (RFC 6455 section 7.1.1), up to
-    /// the close timeout.
+    /// the close timeout; not when the close timeout has already run out
+    /// waiting for the server's close frame.
     pub(crate) fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         if !self.shut_down {
-            ready!(self.poll_flush(cx))?;
-            if self.conn.role() == Role::Client && !self.eof {
+            ready!(self.poll_flush(cx, Half::Reader))?;
+            let timed_out = matches!(self.conn.close_cause(), Some(CloseCause::TimedOut));
+            if self.conn.role() == Role::Client && !self.eof && !timed_out {
                 ready!(self.poll_wait_eof(cx));
             }
-            ready!(Pin::new(&mut self.io).poll_shutdown(cx))?;
+            self.write_wakers.register(Half::Reader, cx.waker());
+            let write_cx = &mut Context::from_waker(&self.write_waker);
+            ready!(Pin::new(&mut self.io).poll_shutdown(write_cx))?;
             self.shut_down = true;
             self.conn.shrink_idle();
         }
@@ -256,6 +337,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 let _ = self.conn.send_close(Some(frame), now);
             }
             match ready!(self.poll_recv(cx)) {
+                // The socket failed: the handshake cannot finish.
+                Some(Err(e @ Error::Io(_))) => return Poll::Ready(Err(e)),
+                // Messages, and protocol errors whose close frame is queued.
                 Some(_) => continue,
                 None => return Poll::Ready(Ok(())),
             }

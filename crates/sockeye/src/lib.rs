@@ -43,7 +43,7 @@ pub use split::{ReadHalf, WriteHalf};
 pub use stream::MaybeTlsStream;
 pub use websocket::WebSocket;
 
-pub use sockeye_proto::extension::DeflateConfig;
-pub use sockeye_proto::{CloseCode, CloseFrame, Message, Role, Utf8Bytes};
 /// The protocol core, for what this crate does not re-export.
 pub use sockeye_proto as proto;
+pub use sockeye_proto::extension::DeflateConfig;
+pub use sockeye_proto::{CloseCode, CloseFrame, Message, Role, Utf8Bytes};

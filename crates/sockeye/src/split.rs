@@ -10,7 +10,7 @@ use futures_sink::Sink;
 use sockeye_proto::{CloseFrame, Message};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::inner::Inner;
+use crate::inner::{Half, Inner};
 use crate::Error;
 
 type Shared<S> = Arc<Mutex<Inner<S>>>;
@@ -28,7 +28,9 @@ pub(crate) fn split<S>(inner: Inner<S>) -> (ReadHalf<S>, WriteHalf<S>) {
 fn lock<S>(shared: &Shared<S>) -> MutexGuard<'_, Inner<S>> {
     // A panic while holding the lock cannot leave the connection half-updated
     // in a way that matters more than losing it; keep going.
-    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The receiving half: messages in. Pongs and close replies it triggers are
@@ -72,14 +74,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WriteHalf<S> {
 
     /// Writes everything queued.
     pub async fn flush(&mut self) -> Result<(), Error> {
-        poll_fn(|cx| lock(&self.shared).poll_flush(cx)).await
+        poll_fn(|cx| lock(&self.shared).poll_flush(cx, Half::Writer)).await
     }
 
     /// Sends a close frame and flushes it. The reading half sees the peer's
-    /// reply and then the end of the stream.
+    /// reply and then the end of the stream. Once the close handshake has
+    /// started (either side), only flushes.
     pub async fn close(&mut self, frame: Option<CloseFrame>) -> Result<(), Error> {
-        let frame = frame.unwrap_or_else(|| CloseFrame::new(sockeye_proto::CloseCode::NORMAL, ""));
-        lock(&self.shared).start_send(Message::Close(Some(frame)))?;
+        {
+            let mut inner = lock(&self.shared);
+            if inner.conn.state() == sockeye_proto::State::Open {
+                let frame =
+                    frame.unwrap_or_else(|| CloseFrame::new(sockeye_proto::CloseCode::NORMAL, ""));
+                inner.start_send(Message::Close(Some(frame)))?;
+            }
+        }
         self.flush().await
     }
 
@@ -109,7 +118,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WriteHalf<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        lock(&self.shared).poll_flush(cx)
+        lock(&self.shared).poll_flush(cx, Half::Writer)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
@@ -118,6 +127,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WriteHalf<S> {
             let frame = CloseFrame::new(sockeye_proto::CloseCode::NORMAL, "");
             inner.start_send(Message::Close(Some(frame)))?;
         }
-        inner.poll_flush(cx)
+        inner.poll_flush(cx, Half::Writer)
     }
 }

@@ -10,7 +10,7 @@ use sockeye_proto::extension::PerMessageDeflate;
 use sockeye_proto::{CloseFrame, Connection, Message, Role, State};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::inner::Inner;
+use crate::inner::{Half, Inner};
 use crate::split::{ReadHalf, WriteHalf};
 use crate::{Config, Error};
 
@@ -81,14 +81,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Writes everything queued.
     pub async fn flush(&mut self) -> Result<(), Error> {
-        poll_fn(|cx| self.inner.poll_flush(cx)).await
+        poll_fn(|cx| self.inner.poll_flush(cx, Half::Writer)).await
     }
 
     /// Closes with `frame` (default 1000) and waits for the close handshake
     /// to finish, discarding messages that arrive meanwhile, up to the close
     /// timeout; then shuts the socket down.
+    ///
+    /// Once the close handshake has started (either side), `frame` is not
+    /// sent and this only waits for the end.
     pub async fn close(&mut self, frame: Option<CloseFrame>) -> Result<(), Error> {
-        if let Some(frame) = frame {
+        if let Some(frame) = frame.filter(|_| self.inner.conn.state() == State::Open) {
             self.inner.start_send(Message::Close(Some(frame)))?;
         }
         poll_fn(|cx| self.inner.poll_close(cx)).await
@@ -142,7 +145,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WebSocket<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.get_mut().inner.poll_flush(cx)
+        self.get_mut().inner.poll_flush(cx, Half::Writer)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
