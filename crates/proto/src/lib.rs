@@ -31,6 +31,6 @@ pub mod extension;
 pub mod frame;
 pub mod handshake;
 
-pub use connection::{Config, Connection, Message, Role, State};
+pub use connection::{Config, Connection, Message, PreparedMessage, Role, State};
 pub use error::{Error, ProtocolError};
 pub use frame::{CloseCode, CloseFrame, OpCode, Utf8Bytes};

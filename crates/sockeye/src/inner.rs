@@ -266,6 +266,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         })
     }
 
+    /// Queues a prepared message (shared frame bytes) without waiting.
+    pub(crate) fn start_send_prepared(&mut self, message: &sockeye_proto::PreparedMessage) -> Result<(), Error> {
+        if self.conn.is_closed() {
+            return Err(Error::Closed);
+        }
+        self.conn.send_prepared(message).map_err(|e| match e {
+            sockeye_proto::Error::Closed => Error::Closed,
+            other => Error::Protocol(other),
+        })
+    }
+
     /// Queues a message unless the queue is over its limit.
     pub(crate) fn try_send(&mut self, message: Message) -> Result<(), Error> {
         let buffered = self.conn.buffered_amount();

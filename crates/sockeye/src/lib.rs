@@ -46,4 +46,4 @@ pub use websocket::WebSocket;
 /// The protocol core, for what this crate does not re-export.
 pub use sockeye_proto as proto;
 pub use sockeye_proto::extension::DeflateConfig;
-pub use sockeye_proto::{CloseCode, CloseFrame, Message, Role, Utf8Bytes};
+pub use sockeye_proto::{CloseCode, CloseFrame, Message, PreparedMessage, Role, Utf8Bytes};

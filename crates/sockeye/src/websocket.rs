@@ -79,6 +79,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         self.inner.try_send(message.into())
     }
 
+    /// Queues a message framed once for many connections (pub/sub fan-out):
+    /// its bytes are shared, not copied. Waits while the queue is full.
+    pub async fn feed_prepared(&mut self, message: &sockeye_proto::PreparedMessage) -> Result<(), Error> {
+        std::future::poll_fn(|cx| self.inner.poll_ready(cx)).await?;
+        self.inner.start_send_prepared(message)
+    }
+
     /// Writes everything queued.
     pub async fn flush(&mut self) -> Result<(), Error> {
         poll_fn(|cx| self.inner.poll_flush(cx, Half::Writer)).await

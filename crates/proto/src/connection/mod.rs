@@ -18,6 +18,7 @@
 
 mod config;
 mod message;
+mod prepared;
 mod recv;
 mod role;
 mod send;
@@ -29,6 +30,7 @@ use bytes::BytesMut;
 
 pub use config::{Config, DangerousConfig};
 pub use message::Message;
+pub use prepared::PreparedMessage;
 pub use role::Role;
 pub use transmit::Transmit;
 
@@ -235,7 +237,10 @@ impl Connection {
         if let Some(frame) = frame {
             frame.encode(&mut payload);
         }
-        self.write_frame(FrameHeader::new(OpCode::Close, payload.len() as u64), &payload);
+        self.write_frame(
+            FrameHeader::new(OpCode::Close, payload.len() as u64),
+            &payload,
+        );
         self.scratch = payload;
     }
 }

@@ -54,8 +54,7 @@ impl Connection {
         if h.rsv2 || h.rsv3 {
             return Err(ProtocolError::ReservedBits.into());
         }
-        if h.rsv1
-            && (self.deflate.is_none() || !matches!(h.opcode, OpCode::Text | OpCode::Binary))
+        if h.rsv1 && (self.deflate.is_none() || !matches!(h.opcode, OpCode::Text | OpCode::Binary))
         {
             return Err(ProtocolError::ReservedBits.into());
         }
@@ -76,7 +75,9 @@ impl Connection {
             return Ok(());
         }
         match (h.opcode, &self.message) {
-            (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation.into()),
+            (OpCode::Continuation, None) => {
+                return Err(ProtocolError::UnexpectedContinuation.into())
+            }
             (OpCode::Text | OpCode::Binary, Some(_)) => {
                 return Err(ProtocolError::ExpectedContinuation.into())
             }
@@ -160,7 +161,12 @@ impl Connection {
         if message.compressed {
             let deflate = self.deflate.as_mut().ok_or(ProtocolError::ReservedBits)?;
             let start = message.data.len();
-            deflate.decompress(&chunk, false, &mut message.data, self.config.max_message_size)?;
+            deflate.decompress(
+                &chunk,
+                false,
+                &mut message.data,
+                self.config.max_message_size,
+            )?;
             if frame_done && header.fin {
                 deflate.decompress(&[], true, &mut message.data, self.config.max_message_size)?;
             }
@@ -203,7 +209,10 @@ impl Connection {
         match opcode {
             OpCode::Ping => {
                 if self.state == State::Open {
-                    self.write_frame(FrameHeader::new(OpCode::Pong, payload.len() as u64), &payload);
+                    self.write_frame(
+                        FrameHeader::new(OpCode::Pong, payload.len() as u64),
+                        &payload,
+                    );
                 }
                 Ok(Message::Ping(payload))
             }

@@ -68,7 +68,9 @@ impl Connection {
         }
         match (opcode, self.sending_fragmented) {
             (OpCode::Continuation, false) => {
-                return Err(Error::Misuse("continuation fragment without a first fragment"))
+                return Err(Error::Misuse(
+                    "continuation fragment without a first fragment",
+                ))
             }
             (OpCode::Text | OpCode::Binary, true) => {
                 return Err(Error::Misuse("new message before the fragmented one ended"))
@@ -85,7 +87,7 @@ impl Connection {
         Ok(())
     }
 
-    fn send_data(&mut self, opcode: OpCode, data: Bytes) -> Result<(), Error> {
+    pub(super) fn send_data(&mut self, opcode: OpCode, data: Bytes) -> Result<(), Error> {
         if self.state != State::Open {
             return Err(Error::Closed);
         }
@@ -113,7 +115,9 @@ impl Connection {
             return Err(Error::Closed);
         }
         if data.len() > 125 {
-            return Err(Error::Misuse("control frame payloads are at most 125 bytes"));
+            return Err(Error::Misuse(
+                "control frame payloads are at most 125 bytes",
+            ));
         }
         self.write_frame(FrameHeader::new(opcode, data.len() as u64), &data);
         Ok(())

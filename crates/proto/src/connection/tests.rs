@@ -27,7 +27,10 @@ fn drain(conn: &mut Connection) -> Vec<Result<Message, Error>> {
 
 /// A raw frame as a peer would send it: `mask` decides client or server style.
 fn raw_frame(fin: bool, opcode: u8, payload: &[u8], mask: bool) -> Vec<u8> {
-    let mut header = FrameHeader::new(OpCode::from_u8(opcode).unwrap_or(OpCode::Binary), payload.len() as u64);
+    let mut header = FrameHeader::new(
+        OpCode::from_u8(opcode).unwrap_or(OpCode::Binary),
+        payload.len() as u64,
+    );
     header.fin = fin;
     let key = [0xA1, 0xB2, 0xC3, 0xD4];
     if mask {
@@ -78,13 +81,22 @@ fn assert_fails_with(conn: &mut Connection, input: &[u8], code: CloseCode) {
 
 #[test]
 fn client_text_reaches_server_and_back() {
-    for (a, b) in [pair(), { let (c, s) = pair(); (c, s) }] {
+    for (a, b) in [pair(), {
+        let (c, s) = pair();
+        (c, s)
+    }] {
         let (mut client, mut server) = (a, b);
         client.send_text("hello").unwrap();
         client.send_binary(Bytes::from_static(&[1, 2, 3])).unwrap();
         deliver(&mut client, &mut server);
         let got = drain(&mut server);
-        assert_eq!(got, vec![Ok(Message::text("hello")), Ok(Message::binary(vec![1, 2, 3]))]);
+        assert_eq!(
+            got,
+            vec![
+                Ok(Message::text("hello")),
+                Ok(Message::binary(vec![1, 2, 3]))
+            ]
+        );
         server.send_text("world").unwrap();
         deliver(&mut server, &mut client);
         assert_eq!(drain(&mut client), vec![Ok(Message::text("world"))]);
@@ -105,8 +117,16 @@ fn client_frames_are_masked_and_server_frames_are_not() {
 #[test]
 fn server_rejects_unmasked_frames_and_client_rejects_masked() {
     let (mut client, mut server) = pair();
-    assert_fails_with(&mut server, &raw_frame(true, 1, b"hi", false), CloseCode::PROTOCOL);
-    assert_fails_with(&mut client, &raw_frame(true, 1, b"hi", true), CloseCode::PROTOCOL);
+    assert_fails_with(
+        &mut server,
+        &raw_frame(true, 1, b"hi", false),
+        CloseCode::PROTOCOL,
+    );
+    assert_fails_with(
+        &mut client,
+        &raw_frame(true, 1, b"hi", true),
+        CloseCode::PROTOCOL,
+    );
 }
 
 #[test]
@@ -124,7 +144,10 @@ fn fragments_are_assembled_with_control_frames_interleaved() {
     }
     assert_eq!(
         got,
-        vec![Ok(Message::Ping(Bytes::from_static(b"ping!"))), Ok(Message::text("Hello, world"))]
+        vec![
+            Ok(Message::Ping(Bytes::from_static(b"ping!"))),
+            Ok(Message::text("Hello, world"))
+        ]
     );
     // The ping was answered with a pong carrying the same payload.
     let pong = server.take_transmit();
@@ -134,7 +157,11 @@ fn fragments_are_assembled_with_control_frames_interleaved() {
 #[test]
 fn continuation_without_start_and_new_start_inside_fragmented_are_rejected() {
     let (_, mut server) = pair();
-    assert_fails_with(&mut server, &raw_frame(true, 0, b"x", true), CloseCode::PROTOCOL);
+    assert_fails_with(
+        &mut server,
+        &raw_frame(true, 0, b"x", true),
+        CloseCode::PROTOCOL,
+    );
     let (_, mut server) = pair();
     let mut input = raw_frame(false, 1, b"a", true);
     input.extend(raw_frame(true, 1, b"b", true));
@@ -144,13 +171,27 @@ fn continuation_without_start_and_new_start_inside_fragmented_are_rejected() {
 #[test]
 fn control_frame_rules() {
     let (_, mut server) = pair();
-    assert_fails_with(&mut server, &raw_frame(false, 9, b"x", true), CloseCode::PROTOCOL);
+    assert_fails_with(
+        &mut server,
+        &raw_frame(false, 9, b"x", true),
+        CloseCode::PROTOCOL,
+    );
     let (_, mut server) = pair();
-    assert_fails_with(&mut server, &raw_frame(true, 9, &[0; 126], true), CloseCode::PROTOCOL);
+    assert_fails_with(
+        &mut server,
+        &raw_frame(true, 9, &[0; 126], true),
+        CloseCode::PROTOCOL,
+    );
     let (_, mut server) = pair();
     server.receive(&raw_frame(true, 10, b"unsolicited", true));
-    assert_eq!(drain(&mut server), vec![Ok(Message::Pong(Bytes::from_static(b"unsolicited")))]);
-    assert!(server.take_transmit().is_empty(), "an unsolicited pong gets no answer");
+    assert_eq!(
+        drain(&mut server),
+        vec![Ok(Message::Pong(Bytes::from_static(b"unsolicited")))]
+    );
+    assert!(
+        server.take_transmit().is_empty(),
+        "an unsolicited pong gets no answer"
+    );
 }
 
 #[test]
@@ -169,33 +210,55 @@ fn invalid_utf8_fails_fast_with_1007() {
     // The first fragment is already invalid: the error comes before the message ends.
     server.receive(&raw_frame(false, 1, b"ok\xf4\x90", true));
     let got = drain(&mut server);
-    assert!(matches!(got.as_slice(), [Err(Error::InvalidUtf8)]), "{got:?}");
-    assert_eq!(sent_close(&mut server).map(|f| f.code), Some(CloseCode::INVALID_PAYLOAD));
+    assert!(
+        matches!(got.as_slice(), [Err(Error::InvalidUtf8)]),
+        "{got:?}"
+    );
+    assert_eq!(
+        sent_close(&mut server).map(|f| f.code),
+        Some(CloseCode::INVALID_PAYLOAD)
+    );
 
     // Within one frame whose payload arrives in pieces, too.
     let (_, mut server) = pair();
-    let frame = raw_frame(true, 1, b"abc\xed\xa0\x80 and much more text after it", true);
+    let frame = raw_frame(
+        true,
+        1,
+        b"abc\xed\xa0\x80 and much more text after it",
+        true,
+    );
     server.receive(&frame[..12]);
-    assert!(matches!(drain(&mut server).as_slice(), [Err(Error::InvalidUtf8)]));
+    assert!(matches!(
+        drain(&mut server).as_slice(),
+        [Err(Error::InvalidUtf8)]
+    ));
 }
 
 #[test]
 fn close_handshake_initiated_by_client() {
     let (mut client, mut server) = pair();
     let now = Instant::now();
-    client.send_close(Some(CloseFrame::new(CloseCode::NORMAL, "bye")), now).unwrap();
+    client
+        .send_close(Some(CloseFrame::new(CloseCode::NORMAL, "bye")), now)
+        .unwrap();
     assert_eq!(client.state(), State::CloseSent);
     assert_eq!(client.send_text("late"), Err(Error::Closed));
     deliver(&mut client, &mut server);
     assert_eq!(
         drain(&mut server),
-        vec![Ok(Message::Close(Some(CloseFrame::new(CloseCode::NORMAL, "bye"))))]
+        vec![Ok(Message::Close(Some(CloseFrame::new(
+            CloseCode::NORMAL,
+            "bye"
+        ))))]
     );
     assert!(server.is_closed());
     deliver(&mut server, &mut client);
     assert_eq!(
         drain(&mut client),
-        vec![Ok(Message::Close(Some(CloseFrame::new(CloseCode::NORMAL, ""))))]
+        vec![Ok(Message::Close(Some(CloseFrame::new(
+            CloseCode::NORMAL,
+            ""
+        ))))]
     );
     assert!(client.is_closed());
     assert_eq!(client.poll_timeout(), None);
@@ -236,13 +299,18 @@ fn nothing_is_read_after_close() {
     server.receive(&input);
     assert_eq!(
         drain(&mut server),
-        vec![Ok(Message::Close(Some(CloseFrame::new(CloseCode::NORMAL, ""))))]
+        vec![Ok(Message::Close(Some(CloseFrame::new(
+            CloseCode::NORMAL,
+            ""
+        ))))]
     );
 }
 
 #[test]
 fn limits_close_with_1009_before_buffering() {
-    let config = Config::default().max_message_size(1024).max_frame_size(1024);
+    let config = Config::default()
+        .max_message_size(1024)
+        .max_frame_size(1024);
     let mut server = Connection::new(Role::Server, config.clone());
     // Only the header of a 1 GiB frame: refused from the header alone.
     let mut header = FrameHeader::new(OpCode::Binary, 1 << 30);
@@ -273,10 +341,16 @@ fn protocol_error_variants_are_specific() {
 #[test]
 fn fragmented_send_and_misuse() {
     let (mut client, mut server) = pair();
-    client.send_fragment(OpCode::Text, Bytes::from_static(b"ab"), false).unwrap();
+    client
+        .send_fragment(OpCode::Text, Bytes::from_static(b"ab"), false)
+        .unwrap();
     assert!(client.send_text("x").is_err());
-    client.send_fragment(OpCode::Continuation, Bytes::from_static(b"cd"), true).unwrap();
-    assert!(client.send_fragment(OpCode::Continuation, Bytes::new(), true).is_err());
+    client
+        .send_fragment(OpCode::Continuation, Bytes::from_static(b"cd"), true)
+        .unwrap();
+    assert!(client
+        .send_fragment(OpCode::Continuation, Bytes::new(), true)
+        .is_err());
     assert!(client.send_ping(vec![0u8; 126]).is_err());
     deliver(&mut client, &mut server);
     assert_eq!(drain(&mut server), vec![Ok(Message::text("abcd"))]);

@@ -89,7 +89,12 @@ impl Buf for Transmit {
 
     fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
-        for chunk in self.queue.iter().map(|b| &b[..]).chain(std::iter::once(&self.tail[..])) {
+        for chunk in self
+            .queue
+            .iter()
+            .map(|b| &b[..])
+            .chain(std::iter::once(&self.tail[..]))
+        {
             if n == dst.len() {
                 break;
             }

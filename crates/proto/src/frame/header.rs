@@ -172,8 +172,13 @@ mod tests {
     fn rfc_examples() {
         // RFC 6455 5.7: unmasked "Hello", and 256 bytes / 64 KiB binary headers.
         let (h, n) = FrameHeader::parse(&[0x81, 0x05]).unwrap().unwrap();
-        assert_eq!((h.fin, h.opcode, h.payload_len, n), (true, OpCode::Text, 5, 2));
-        let (h, n) = FrameHeader::parse(&[0x82, 0x7E, 0x01, 0x00]).unwrap().unwrap();
+        assert_eq!(
+            (h.fin, h.opcode, h.payload_len, n),
+            (true, OpCode::Text, 5, 2)
+        );
+        let (h, n) = FrameHeader::parse(&[0x82, 0x7E, 0x01, 0x00])
+            .unwrap()
+            .unwrap();
         assert_eq!((h.payload_len, n), (256, 4));
         let buf = [0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0];
         let (h, n) = FrameHeader::parse(&buf).unwrap().unwrap();

@@ -216,7 +216,11 @@ mod tests {
         for sample in samples {
             let expected = std::str::from_utf8(sample).is_ok();
             for split in 1..=sample.len() {
-                assert_eq!(feed_split(sample, split).is_ok(), expected, "{sample:?} / {split}");
+                assert_eq!(
+                    feed_split(sample, split).is_ok(),
+                    expected,
+                    "{sample:?} / {split}"
+                );
             }
         }
     }

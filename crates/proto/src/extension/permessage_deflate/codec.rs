@@ -73,6 +73,15 @@ impl PerMessageDeflate {
         }
     }
 
+    /// When our compressor starts afresh for every message (our side has no
+    /// context takeover), the settings that decide its output: two codecs
+    /// with the same key compress a payload to the same bytes, so a message
+    /// sent to many connections can be compressed once.
+    pub fn stateless_key(&self) -> Option<(u8, u32)> {
+        self.compress_reset
+            .then(|| (self.compress_bits, self.level.level()))
+    }
+
     /// Whether a payload of `len` bytes is worth compressing (`len` at least
     /// the configured threshold).
     pub fn should_compress(&self, len: usize) -> bool {
