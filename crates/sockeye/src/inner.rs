@@ -22,6 +22,8 @@ const KEEP_READ_CAPACITY: usize = 64 * 1024;
 
 #[derive(Debug)]
 pub(crate) struct Inner<S> {
+    /// The buffers were released while idle: wait for input without one.
+    pub(crate) released: bool,
     pub(crate) conn: Connection,
     pub(crate) io: S,
     pub(crate) config: Config,
@@ -95,6 +97,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     pub(crate) fn new(io: S, conn: Connection, config: Config) -> Self {
         let write_wakers = Arc::new(WriteWakers::default());
         Inner {
+            released: false,
             write_waker: Waker::from(Arc::clone(&write_wakers)),
             write_wakers,
             conn,
@@ -170,6 +173,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         let want = self.config.read_buffer_size;
         let buf = self.conn.read_buf();
+        if self.released {
+            // Released while idle: wait for bytes without holding a buffer,
+            // and allocate only once some arrive.
+            let mut probe = [0u8; 1024];
+            let mut probe_buf = ReadBuf::new(&mut probe);
+            ready!(Pin::new(&mut self.io).poll_read(cx, &mut probe_buf))?;
+            let filled = probe_buf.filled();
+            let buf = self.conn.read_buf();
+            self.released = false;
+            if !filled.is_empty() {
+                buf.reserve(want.max(filled.len()));
+                buf.extend_from_slice(filled);
+            }
+            return Poll::Ready(Ok(filled.len()));
+        }
         if buf.is_empty() && buf.capacity() > KEEP_READ_CAPACITY {
             *buf = bytes::BytesMut::new();
         }
@@ -267,7 +285,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     }
 
     /// Queues a prepared message (shared frame bytes) without waiting.
-    pub(crate) fn start_send_prepared(&mut self, message: &sockeye_proto::PreparedMessage) -> Result<(), Error> {
+    pub(crate) fn start_send_prepared(
+        &mut self,
+        message: &sockeye_proto::PreparedMessage,
+    ) -> Result<(), Error> {
         if self.conn.is_closed() {
             return Err(Error::Closed);
         }

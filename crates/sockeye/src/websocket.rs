@@ -81,7 +81,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Queues a message framed once for many connections (pub/sub fan-out):
     /// its bytes are shared, not copied. Waits while the queue is full.
-    pub async fn feed_prepared(&mut self, message: &sockeye_proto::PreparedMessage) -> Result<(), Error> {
+    pub async fn feed_prepared(
+        &mut self,
+        message: &sockeye_proto::PreparedMessage,
+    ) -> Result<(), Error> {
         std::future::poll_fn(|cx| self.inner.poll_ready(cx)).await?;
         self.inner.start_send_prepared(message)
     }
@@ -102,6 +105,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             self.inner.start_send(Message::Close(Some(frame)))?;
         }
         poll_fn(|cx| self.inner.poll_close(cx)).await
+    }
+
+    /// Frees the read and write buffers while nothing is buffered, so that a
+    /// quiet connection holds no buffer memory; the next read or write
+    /// allocates again. Servers call this after a connection has been idle
+    /// for a moment.
+    pub fn release_buffers(&mut self) {
+        if !self.inner.conn.is_mid_message() && self.inner.conn.buffered_amount() == 0 {
+            self.inner.conn.shrink_idle();
+            self.inner.released = true;
+        }
     }
 
     /// Bytes queued and not yet written (the browser's `bufferedAmount`).

@@ -15,6 +15,9 @@ use super::{lock, Conn, Outbound};
 use crate::endpoint::{EndpointShared, RateLimitAction};
 use crate::ratelimit::TokenBucket;
 
+/// A connection with no traffic for this long frees its read and write buffers.
+const RELEASE_BUFFERS_AFTER: Duration = Duration::from_secs(1);
+
 /// How a connection ended, for the close handler and the metrics.
 #[derive(Debug, Clone)]
 struct Ending {
@@ -62,17 +65,23 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let config = &endpoint.config;
-    let far = || Instant::now() + Duration::from_secs(86400 * 365);
+    let far = Instant::now() + Duration::from_secs(86400 * 365);
+    // Timers are armed once and re-armed only when they fire: a message
+    // only records the time it arrived, it never touches the timer wheel.
+    let mut last_activity = Instant::now();
     let idle_after = config.idle_timeout;
-    let mut idle_deadline = idle_after.map_or_else(far, |t| Instant::now() + t);
-    let mut ping_at = config
-        .heartbeat
-        .map_or_else(far, |h| Instant::now() + h.interval);
-    let mut pong_deadline: Option<Instant> = None;
-    let mut auth_deadline = match &endpoint.handlers.first_message_auth {
-        Some((timeout, _)) if conn.user().is_none() => Some(Instant::now() + *timeout),
-        _ => None,
-    };
+    let idle = sleep_until(idle_after.map_or(far, |t| last_activity + t));
+    let quiet = sleep_until(last_activity + RELEASE_BUFFERS_AFTER);
+    let ping = sleep_until(config.heartbeat.map_or(far, |h| last_activity + h.interval));
+    let pong = sleep_until(far);
+    let auth = sleep_until(match &endpoint.handlers.first_message_auth {
+        Some((timeout, _)) if conn.user().is_none() => last_activity + *timeout,
+        _ => far,
+    });
+    tokio::pin!(idle, quiet, ping, pong, auth);
+    let mut awaiting_pong = false;
+    let mut authenticating = auth.deadline() != far;
+    let mut buffers_held = true;
     let mut bucket = config
         .rate_limit
         .map(|limit| TokenBucket::new(limit, std::time::Instant::now()));
@@ -83,11 +92,12 @@ where
         if let Some(ending) = drain(ws, conn).await {
             return ending;
         }
+        conn.shared
+            .socket_buffered
+            .store(ws.buffered_amount(), Ordering::Relaxed);
         if *shutdown.borrow() {
             return close(ws, CloseCode::GOING_AWAY, "server shutting down").await;
         }
-        let pong_or_far = pong_deadline.unwrap_or_else(far);
-        let auth_or_far = auth_deadline.unwrap_or_else(far);
         tokio::select! {
             received = ws.recv() => {
                 let message = match received {
@@ -104,11 +114,16 @@ where
                     }
                     Some(Ok(message)) => message,
                 };
-                if let Some(after) = idle_after {
-                    idle_deadline = Instant::now() + after;
+                last_activity = Instant::now();
+                if !buffers_held {
+                    buffers_held = true;
+                    quiet.as_mut().reset(last_activity + RELEASE_BUFFERS_AFTER);
                 }
                 match message {
-                    Message::Pong(_) => pong_deadline = None,
+                    Message::Pong(_) => {
+                        awaiting_pong = false;
+                        pong.as_mut().reset(far);
+                    }
                     Message::Ping(_) => {}
                     Message::Close(frame) => {
                         // The reply went out with the next flush; finish the socket.
@@ -131,12 +146,13 @@ where
                                 }
                             }
                         }
-                        if auth_deadline.is_some() {
+                        if authenticating {
                             let Some((_, check)) = &endpoint.handlers.first_message_auth else { continue };
                             match check(conn.clone(), message).await {
                                 Ok(user) => {
                                     conn.set_user(user);
-                                    auth_deadline = None;
+                                    authenticating = false;
+                                    auth.as_mut().reset(far);
                                 }
                                 Err(reason) => return close(ws, CloseCode::POLICY, &reason).await,
                             }
@@ -146,24 +162,43 @@ where
                     }
                 }
             }
-            _ = conn.shared.notify.notified() => {}
-            _ = shutdown.changed() => {}
-            _ = sleep_until(idle_deadline) => {
-                return close(ws, CloseCode::GOING_AWAY, "idle timeout").await;
-            }
-            _ = sleep_until(ping_at) => {
-                let heartbeat = config.heartbeat.expect("timer armed only with heartbeats");
-                if pong_deadline.is_none() {
-                    pong_deadline = Some(Instant::now() + heartbeat.timeout);
+            _ = conn.shared.notify.notified() => {
+                if !buffers_held {
+                    buffers_held = true;
+                    quiet.as_mut().reset(Instant::now() + RELEASE_BUFFERS_AFTER);
                 }
-                ping_at = Instant::now() + heartbeat.interval;
+            }
+            _ = shutdown.changed() => {}
+            _ = &mut idle => {
+                let after = idle_after.expect("armed only with an idle timeout");
+                if last_activity + after <= Instant::now() {
+                    return close(ws, CloseCode::GOING_AWAY, "idle timeout").await;
+                }
+                idle.as_mut().reset(last_activity + after);
+            }
+            _ = &mut quiet => {
+                if last_activity + RELEASE_BUFFERS_AFTER <= Instant::now() {
+                    ws.release_buffers();
+                    buffers_held = false;
+                    quiet.as_mut().reset(far);
+                } else {
+                    quiet.as_mut().reset(last_activity + RELEASE_BUFFERS_AFTER);
+                }
+            }
+            _ = &mut ping => {
+                let heartbeat = config.heartbeat.expect("armed only with heartbeats");
+                if !awaiting_pong {
+                    awaiting_pong = true;
+                    pong.as_mut().reset(Instant::now() + heartbeat.timeout);
+                }
+                ping.as_mut().reset(Instant::now() + heartbeat.interval);
                 let _ = ws.feed(Message::Ping(bytes::Bytes::from_static(b"sockeye"))).await;
             }
-            _ = sleep_until(pong_or_far) => {
+            _ = &mut pong => {
                 debug!(id = conn.id(), "no pong in time; terminating");
                 return Ending::new(CloseCode::ABNORMAL, "no pong within the heartbeat timeout");
             }
-            _ = sleep_until(auth_or_far) => {
+            _ = &mut auth => {
                 return close(ws, CloseCode::POLICY, "authentication timeout").await;
             }
         }
