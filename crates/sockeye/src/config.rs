@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use sockeye_proto::extension::DeflateConfig;
 
+use crate::ProxyConfig;
+
 /// How a [`WebSocket`](crate::WebSocket) is set up and behaves. One struct
 /// for both roles; each field says which role reads it.
 #[derive(Debug, Clone)]
@@ -42,6 +44,10 @@ pub struct Config {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Disable Nagle's algorithm on TCP sockets we open. Default true.
     pub nodelay: bool,
+    /// Reach the server through this proxy, HTTP `CONNECT` or SOCKS5
+    /// (client). Default `None`: connect directly. No environment variable
+    /// is read; the caller decides whether `HTTPS_PROXY` and the like apply.
+    pub proxy: Option<ProxyConfig>,
 }
 
 impl Default for Config {
@@ -58,6 +64,7 @@ impl Default for Config {
             max_header_size: 16 * 1024,
             tls: None,
             nodelay: true,
+            proxy: None,
         }
     }
 }
@@ -97,6 +104,12 @@ impl Config {
     /// Sets the TLS client configuration for `wss://`.
     pub fn tls(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Connects through this proxy.
+    pub fn proxy(mut self, proxy: ProxyConfig) -> Self {
+        self.proxy = Some(proxy);
         self
     }
 }

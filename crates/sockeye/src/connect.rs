@@ -17,8 +17,8 @@ pub async fn connect(url: &str) -> Result<(WebSocket<MaybeTlsStream>, http::Resp
 }
 
 /// Connects to a `ws://` or `wss://` URL: resolves the host, opens TCP (with
-/// Nagle off), TLS for `wss://`, and performs the opening handshake, all
-/// within [`Config::handshake_timeout`].
+/// Nagle off), or a tunnel through [`Config::proxy`], TLS for `wss://`, and
+/// performs the opening handshake, all within [`Config::handshake_timeout`].
 pub async fn connect_with(
     url: &str,
     config: &Config,
@@ -51,7 +51,12 @@ async fn connect_inner(
         .to_string();
     let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
 
-    let tcp = open_tcp(&host, port).await?;
+    let tcp = match &config.proxy {
+        Some(proxy) => {
+            crate::proxy_connect::open_tunnel(proxy, &host, port, config.max_header_size).await?
+        }
+        None => open_tcp(&host, port).await?,
+    };
     tcp.set_nodelay(config.nodelay)?;
     let stream = if secure {
         let tls = config.tls.clone().unwrap_or_else(crate::tls::client_config);
@@ -69,7 +74,7 @@ async fn connect_inner(
     client_handshake(stream, &uri, config).await
 }
 
-async fn open_tcp(host: &str, port: u16) -> Result<TcpStream, Error> {
+pub(crate) async fn open_tcp(host: &str, port: u16) -> Result<TcpStream, Error> {
     let addrs: Vec<_> = tokio::net::lookup_host((host, port))
         .await
         .map_err(|source| Error::Dns {

@@ -30,15 +30,24 @@ mod config;
 mod connect;
 mod error;
 mod inner;
+mod proxy_connect;
+mod reconnect;
 mod split;
 mod stream;
 pub mod tls;
+mod tls_insecure;
 mod websocket;
 
 pub use accept::{accept, accept_with, text_response, Refusal};
 pub use config::Config;
 pub use connect::{client_handshake, connect, connect_with};
 pub use error::Error;
+pub use proxy_connect::{ProxyAuth, ProxyConfig, ProxyError, ProxyKind};
+pub use reconnect::{
+    Backoff, DropReason, Heartbeat, Jitter, OverflowPolicy, QueueError, QueueLimit,
+    ReconnectConfig, ReconnectDriver, ReconnectEvent, ReconnectEvents, ReconnectingClient,
+    SendOptions,
+};
 pub use split::{ReadHalf, WriteHalf};
 pub use stream::MaybeTlsStream;
 pub use websocket::WebSocket;

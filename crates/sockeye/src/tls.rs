@@ -7,6 +7,8 @@ use rustls::RootCertStore;
 
 use crate::Error;
 
+pub use crate::tls_insecure::insecure_client_config;
+
 /// The default roots: Mozilla's (webpki-roots) plus whatever the platform trusts.
 pub fn default_roots() -> RootCertStore {
     let mut roots = RootCertStore::empty();
