@@ -28,7 +28,11 @@ use crate::metrics::Metrics;
 ///         conn.send(m);
 ///     }));
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-/// app.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await
+/// // Shut down gracefully when `stop` is sent (or on Ctrl-C:
+/// // `tokio::signal::ctrl_c()`, with tokio's `signal` feature).
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// # drop(stop);
+/// app.serve(listener, async { let _ = stopped.await; }).await
 /// # }
 /// ```
 pub struct App {

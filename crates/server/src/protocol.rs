@@ -225,6 +225,7 @@ async fn subscribe(conn: &Conn, request: &Value, id: &Value, kind: &str) -> Repl
     let field = if kind == "join" { "room" } else { "topic" };
     let topic = name(request, field, id)?;
     let since = since(request, id)?;
+    let fresh = !conn.is_subscribed(topic);
     conn.hold();
     let outcome = async {
         let resume = match (&since, kind) {
@@ -252,7 +253,17 @@ async fn subscribe(conn: &Conn, request: &Value, id: &Value, kind: &str) -> Repl
             reply[field] = json!(topic);
             reply["position"] = json!(position);
             conn.send_text(reply.to_string());
-            conn.release();
+            // Publications that arrived while the subscription was made
+            // and that the ack's position counts do not follow the ack
+            // (PROTOCOL.md: the ack carries the position of the last message
+            // published before the subscription took effect). A replay's
+            // are what the client asked for; an existing subscriber's are
+            // its live messages.
+            if fresh && !matches!(resume, Some(Resume::Replay(_))) {
+                conn.release_after(topic, &position);
+            } else {
+                conn.release();
+            }
             return Ok(Value::Null);
         }
         Err(e) => Err(subscribe_error(id, e)),

@@ -86,6 +86,9 @@ pub(crate) struct ConnShared {
     /// Bytes queued in the socket writer, updated by the task.
     pub(crate) socket_buffered: AtomicUsize,
     pub(crate) notify: Notify,
+    /// Notified by [`Conn::close`]: ends the task's wait for a socket that
+    /// takes nothing.
+    pub(crate) close_requested: Notify,
     pub(crate) closing: AtomicBool,
     topics: Mutex<HashSet<String>>,
     rooms: Mutex<HashSet<String>>,
@@ -124,6 +127,7 @@ impl Conn {
                 queue: Mutex::new(Queue::default()),
                 socket_buffered: AtomicUsize::new(0),
                 notify: Notify::new(),
+                close_requested: Notify::new(),
                 closing: AtomicBool::new(false),
                 topics: Mutex::new(HashSet::new()),
                 rooms: Mutex::new(HashSet::new()),
@@ -193,7 +197,10 @@ impl Conn {
         self.send(Message::text(text.into()))
     }
 
-    /// Closes the connection with `code` and `reason` (at most 123 bytes).
+    /// Closes the connection with `code` and `reason` (at most 123 bytes),
+    /// after what was sent before. When the socket is not taking bytes (the
+    /// peer stopped reading), what is still queued is dropped instead and
+    /// the close takes at most the endpoint's close timeout (plus a second).
     pub fn close(&self, code: CloseCode, reason: &str) {
         let frame = CloseFrame::new(code, reason);
         let mut queue = lock(&self.shared.queue);
@@ -201,6 +208,7 @@ impl Conn {
         self.shared.closing.store(true, Ordering::Relaxed);
         drop(queue);
         self.shared.notify.notify_one();
+        self.shared.close_requested.notify_one();
     }
 
     /// Holds back publications (direct sends still go out) until
@@ -220,6 +228,35 @@ impl Conn {
         }
         drop(queue);
         self.shared.notify.notify_one();
+    }
+
+    /// Like [`Conn::release`], dropping the held publications of `topic` at
+    /// or before `seen`: a fresh subscription's ack carries the topic's
+    /// latest position, and what it counts must not follow it.
+    pub(crate) fn release_after(&self, topic: &str, seen: &Position) {
+        let mut queue = lock(&self.shared.queue);
+        if let Some(held) = queue.held.take() {
+            for item in held {
+                if let Outbound::Publication(p) = &item {
+                    let counted = p
+                        .position
+                        .as_ref()
+                        .is_some_and(|at| at.epoch == seen.epoch && at.offset <= seen.offset);
+                    if counted && &*p.topic == topic {
+                        queue.bytes = queue.bytes.saturating_sub(item.len());
+                        continue;
+                    }
+                }
+                queue.items.push_back(item);
+            }
+        }
+        drop(queue);
+        self.shared.notify.notify_one();
+    }
+
+    /// Whether the connection is subscribed to `topic` (or joined to it).
+    pub(crate) fn is_subscribed(&self, topic: &str) -> bool {
+        lock(&self.shared.topics).contains(topic)
     }
 
     /// Whether the connection is closing or closed.

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::Stream;
 use sockeye::WebSocket;
 use sockeye_proto::{CloseCode, CloseFrame, Message};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -65,6 +66,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let config = &endpoint.config;
+    let close_limit = close_limit(endpoint);
     let far = Instant::now() + Duration::from_secs(86400 * 365);
     // Timers are armed once and re-armed only when they fire: a message
     // only records the time it arrived, it never touches the timer wheel.
@@ -85,21 +87,38 @@ where
     let mut bucket = config
         .rate_limit
         .map(|limit| TokenBucket::new(limit, std::time::Instant::now()));
+    // With every shutdown sender dropped (an `App` dropped after `router()`),
+    // `changed()` fails at once, every time: stop watching it then.
+    let mut shutdown_gone = false;
 
     loop {
         // Write what handlers and publications queued; `recv` flushes it
         // before it waits, so a burst leaves in one write.
-        if let Some(ending) = drain(ws, conn).await {
+        if let Some(ending) = drain(ws, conn, shutdown).await {
             return ending;
         }
         conn.shared
             .socket_buffered
             .store(ws.buffered_amount(), Ordering::Relaxed);
         if *shutdown.borrow() {
-            return close(ws, CloseCode::GOING_AWAY, "server shutting down").await;
+            return close(
+                ws,
+                CloseCode::GOING_AWAY,
+                "server shutting down",
+                close_limit,
+            )
+            .await;
         }
         tokio::select! {
-            received = ws.recv() => {
+            // `recv` writes what is queued while it waits for input: the
+            // count publications check (`Conn::buffered_amount`) must follow
+            // what the socket took, or a reader that caught up looks slow
+            // for good.
+            received = std::future::poll_fn(|cx| {
+                let polled = std::pin::Pin::new(&mut *ws).poll_next(cx);
+                conn.shared.socket_buffered.store(ws.buffered_amount(), Ordering::Relaxed);
+                polled
+            }) => {
                 let message = match received {
                     None => return Ending::new(CloseCode::ABNORMAL, "connection closed"),
                     Some(Err(sockeye::Error::Protocol(error))) => {
@@ -126,8 +145,13 @@ where
                     }
                     Message::Ping(_) => {}
                     Message::Close(frame) => {
-                        // The reply went out with the next flush; finish the socket.
-                        while ws.recv().await.is_some() {}
+                        // The reply went out with the next flush; finish the
+                        // socket (bounded: a peer that reads nothing more
+                        // would keep the flush waiting).
+                        let _ = tokio::time::timeout(close_limit, async {
+                            while ws.recv().await.is_some() {}
+                        })
+                        .await;
                         return match frame {
                             Some(f) => Ending::new(f.code, f.reason.as_str()),
                             None => Ending::new(CloseCode::NO_STATUS, ""),
@@ -142,7 +166,7 @@ where
                                         conn.send_text(r#"{"type":"error","code":"rate_limited","message":"too many messages; this one was dropped"}"#);
                                         continue;
                                     }
-                                    _ => return close(ws, CloseCode::POLICY, "rate limit exceeded").await,
+                                    _ => return close(ws, CloseCode::POLICY, "rate limit exceeded", close_limit).await,
                                 }
                             }
                         }
@@ -154,7 +178,7 @@ where
                                     authenticating = false;
                                     auth.as_mut().reset(far);
                                 }
-                                Err(reason) => return close(ws, CloseCode::POLICY, &reason).await,
+                                Err(reason) => return close(ws, CloseCode::POLICY, &reason, close_limit).await,
                             }
                             continue;
                         }
@@ -168,11 +192,11 @@ where
                     quiet.as_mut().reset(Instant::now() + RELEASE_BUFFERS_AFTER);
                 }
             }
-            _ = shutdown.changed() => {}
+            changed = shutdown.changed(), if !shutdown_gone => shutdown_gone = changed.is_err(),
             _ = &mut idle => {
                 let after = idle_after.expect("armed only with an idle timeout");
                 if last_activity + after <= Instant::now() {
-                    return close(ws, CloseCode::GOING_AWAY, "idle timeout").await;
+                    return close(ws, CloseCode::GOING_AWAY, "idle timeout", close_limit).await;
                 }
                 idle.as_mut().reset(last_activity + after);
             }
@@ -199,17 +223,35 @@ where
                 return Ending::new(CloseCode::ABNORMAL, "no pong within the heartbeat timeout");
             }
             _ = &mut auth => {
-                return close(ws, CloseCode::POLICY, "authentication timeout").await;
+                return close(ws, CloseCode::POLICY, "authentication timeout", close_limit).await;
             }
         }
     }
 }
 
 /// Moves the connection's queue into the socket writer.
-async fn drain<S>(ws: &mut WebSocket<S>, conn: &Conn) -> Option<Ending>
+///
+/// Handing a message to the writer waits while the writer holds more than
+/// its high-water mark and the socket takes nothing (a reader that stopped
+/// reading). A close asked for meanwhile ([`Conn::close`], which the
+/// backpressure policy uses) or a shutdown ends that wait: what is still
+/// queued is dropped and the connection closes, bounded by the close
+/// timeout. Without this, such a connection was never closed.
+async fn drain<S>(
+    ws: &mut WebSocket<S>,
+    conn: &Conn,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<Ending>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    enum Step {
+        Wrote(Result<(), sockeye::Error>),
+        Close(CloseFrame),
+        CloseRequested,
+        ShuttingDown,
+    }
+    let close_limit = close_limit(&conn.shared.endpoint);
     loop {
         let item = {
             let mut queue = lock(&conn.shared.queue);
@@ -217,36 +259,99 @@ where
             queue.bytes = queue.bytes.saturating_sub(item.len());
             item
         };
-        let result = match item {
-            Outbound::Message(message) => {
-                conn.shared.endpoint.metrics.message_out(message.len());
-                ws.feed(message).await
-            }
-            Outbound::Publication(publication) => match publication.prepared.get() {
-                Some(prepared) => {
-                    conn.shared.endpoint.metrics.message_out(prepared.len());
-                    ws.feed_prepared(prepared).await
+        let write = async {
+            match item {
+                Outbound::Message(message) => {
+                    conn.shared.endpoint.metrics.message_out(message.len());
+                    Ok(ws.feed(message).await)
                 }
-                None => Ok(()),
-            },
-            Outbound::Close(frame) => {
-                return Some(close(ws, frame.code, frame.reason.as_str()).await)
+                Outbound::Publication(publication) => match publication.prepared.get() {
+                    Some(prepared) => {
+                        conn.shared.endpoint.metrics.message_out(prepared.len());
+                        Ok(ws.feed_prepared(prepared).await)
+                    }
+                    None => Ok(Ok(())),
+                },
+                Outbound::Close(frame) => Err(frame),
             }
         };
-        conn.shared
-            .socket_buffered
-            .store(ws.buffered_amount(), Ordering::Relaxed);
-        if let Err(error) = result {
-            return Some(Ending::new(CloseCode::ABNORMAL, error.to_string()));
+        // (`drive` reads the flag itself after each drain: marking the
+        // value seen here loses nothing.)
+        let step = tokio::select! {
+            biased;
+            written = write => match written {
+                Ok(result) => Step::Wrote(result),
+                Err(frame) => Step::Close(frame),
+            },
+            _ = conn.shared.close_requested.notified() => Step::CloseRequested,
+            // (With every sender gone, `wait_for` fails: that is no shutdown.)
+            Ok(_) = shutdown.wait_for(|down| *down) => Step::ShuttingDown,
+        };
+        match step {
+            Step::Wrote(result) => {
+                conn.shared
+                    .socket_buffered
+                    .store(ws.buffered_amount(), Ordering::Relaxed);
+                if let Err(error) = result {
+                    return Some(Ending::new(CloseCode::ABNORMAL, error.to_string()));
+                }
+            }
+            Step::Close(frame) => {
+                return Some(close(ws, frame.code, frame.reason.as_str(), close_limit).await)
+            }
+            Step::CloseRequested => {
+                let frame =
+                    take_close(conn).unwrap_or_else(|| CloseFrame::new(CloseCode::NORMAL, ""));
+                return Some(close(ws, frame.code, frame.reason.as_str(), close_limit).await);
+            }
+            Step::ShuttingDown => {
+                return Some(
+                    close(
+                        ws,
+                        CloseCode::GOING_AWAY,
+                        "server shutting down",
+                        close_limit,
+                    )
+                    .await,
+                )
+            }
         }
     }
 }
 
+/// Drops what is queued up to the first close request, and returns it.
+fn take_close(conn: &Conn) -> Option<CloseFrame> {
+    let mut queue = lock(&conn.shared.queue);
+    while let Some(item) = queue.items.pop_front() {
+        queue.bytes = queue.bytes.saturating_sub(item.len());
+        if let Outbound::Close(frame) = item {
+            return Some(frame);
+        }
+    }
+    None
+}
+
+/// How long closing may take in all: the close timeout for the peer's
+/// close frame, and a second more for the socket to take the last bytes.
+fn close_limit(endpoint: &EndpointShared) -> Duration {
+    endpoint.config.close_timeout + Duration::from_secs(1)
+}
+
 /// Closes with `code` and waits for the handshake (bounded by the close timeout).
-async fn close<S>(ws: &mut WebSocket<S>, code: CloseCode, reason: &str) -> Ending
+///
+/// The writer's own close timeout covers a peer that does not answer, but
+/// not one that does not read: the close frame waits behind bytes the
+/// socket does not take, and the socket is never shut down. `limit` bounds
+/// that; past it the socket is dropped.
+async fn close<S>(ws: &mut WebSocket<S>, code: CloseCode, reason: &str, limit: Duration) -> Ending
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let _ = ws.close(Some(CloseFrame::new(code, reason))).await;
+    if tokio::time::timeout(limit, ws.close(Some(CloseFrame::new(code, reason))))
+        .await
+        .is_err()
+    {
+        debug!("the close handshake did not finish within {limit:?}; dropping the socket");
+    }
     Ending::new(code, reason)
 }

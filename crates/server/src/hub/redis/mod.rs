@@ -27,10 +27,14 @@
 //!   [`RedisConfig::command_timeout`] and the command connection reconnects on
 //!   its own; the pub/sub task logs the loss, reconnects with backoff, and on
 //!   reconnecting replays from history what this process missed while it was
-//!   away (when history still has it), so delivery stays once per message.
-//!   Nothing panics and nothing waits forever.
+//!   away (when history still has it; after Redis lost its data, what the
+//!   new epoch has), so delivery stays once per message. Presence is written
+//!   back from this process's memory. Nothing panics and nothing waits
+//!   forever.
 //!
-//! Key names and the message format are in `wire.rs`.
+//! Needs Redis 6.2 or later, standalone (or a primary): the scripts touch two
+//! keys per topic without hash tags, so Redis Cluster is not supported. Key
+//! names and the message format are in `wire.rs`.
 
 mod config;
 mod presence;
@@ -44,7 +48,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
-use redis::{Client, RedisError, RedisResult, Value};
+use redis::{Client, RedisError, ScriptInvocation, Value};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -92,13 +96,16 @@ struct Inner {
 
 impl RedisBroker {
     /// Connects to the Redis at `url` (`redis://[:password@]host[:port][/db]`,
-    /// or `rediss://` with TLS if the `redis` crate was built with it) and
-    /// subscribes to this cluster's channels. Publications are delivered once
+    /// plain TCP: `rediss://` is not built in) and subscribes to this
+    /// cluster's channels. Publications are delivered once
     /// [`Broker::start`] is called; call it soon, as they are held until then.
     ///
     /// Fails with "cannot reach Redis at URL: ..." when Redis does not answer
     /// within [`RedisConfig::command_timeout`] (after a few quick retries).
     pub async fn connect(url: &str, config: RedisConfig) -> Result<Self, BrokerError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            BrokerError("RedisBroker::connect must run inside a tokio runtime".into())
+        })?;
         let shown = redact(url);
         config
             .check()
@@ -113,7 +120,7 @@ impl RedisBroker {
             .set_connection_timeout(Some(config.command_timeout))
             .set_response_timeout(Some(config.command_timeout))
             .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
+            .set_max_delay(Duration::from_millis(500));
         let setup = async {
             let mut commands =
                 ConnectionManager::new_with_config(client.clone(), manager_config).await?;
@@ -158,7 +165,6 @@ impl RedisBroker {
             presence: presence::Local::default(),
             resync: Notify::new(),
         });
-        let runtime = tokio::runtime::Handle::current();
         let refresher = runtime.spawn(presence::refresh_loop(inner.clone()));
         Ok(RedisBroker {
             inner,
@@ -228,28 +234,13 @@ impl Broker for RedisBroker {
                 .arg(from.as_deref().unwrap_or(""))
                 .arg(inner.config.kept())
                 .arg(inner.config.age_ms());
-            let mut commands = inner.commands.clone();
-            let reply: Value = inner
-                .run("publish", invocation.invoke_async(&mut commands))
-                .await?;
+            let reply = inner.invoke("publish", &invocation).await?;
             parse_position(&reply, 0).ok_or_else(|| bad_reply("publish", &reply))
         })
     }
 
     fn latest<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Position, BrokerError>> {
-        Box::pin(async move {
-            let inner = &*self.inner;
-            let mut invocation = inner.scripts.latest.prepare_invoke();
-            invocation
-                .key(inner.keys.meta(topic))
-                .key(inner.keys.history(topic))
-                .arg(random_id());
-            let mut commands = inner.commands.clone();
-            let reply: Value = inner
-                .run("latest", invocation.invoke_async(&mut commands))
-                .await?;
-            parse_position(&reply, 0).ok_or_else(|| bad_reply("latest", &reply))
-        })
+        Box::pin(self.inner.latest(topic))
     }
 
     fn history<'a>(
@@ -295,13 +286,24 @@ impl Broker for RedisBroker {
 }
 
 impl Inner {
-    /// Runs one Redis command, bounded by the command timeout.
-    async fn run<T>(
+    /// Runs one script, bounded by the command timeout.
+    async fn invoke(
         &self,
         what: &str,
-        command: impl std::future::Future<Output = RedisResult<T>>,
-    ) -> Result<T, BrokerError> {
-        match tokio::time::timeout(self.config.command_timeout, command).await {
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<Value, BrokerError> {
+        let attempt = async {
+            let mut commands = self.commands.clone();
+            match invocation.invoke_async(&mut commands).await {
+                // Refused: the script never reached Redis. The connection
+                // manager answers so once with the error of a reconnect that
+                // failed while Redis was away, and starts a new one: the
+                // second try waits for it (safe: nothing ran twice).
+                Err(e) if e.is_connection_refusal() => invocation.invoke_async(&mut commands).await,
+                other => other,
+            }
+        };
+        match tokio::time::timeout(self.config.command_timeout, attempt).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) if is_unavailable(&e) => {
                 tracing::debug!(node = %self.node, error = %e, "Redis {what} failed");
@@ -316,6 +318,17 @@ impl Inner {
                 self.url, self.config.command_timeout
             ))),
         }
+    }
+
+    /// The latest position of `topic` (see `latest.lua`).
+    async fn latest(&self, topic: &str) -> Result<Position, BrokerError> {
+        let mut invocation = self.scripts.latest.prepare_invoke();
+        invocation
+            .key(self.keys.meta(topic))
+            .key(self.keys.history(topic))
+            .arg(random_id());
+        let reply = self.invoke("latest", &invocation).await?;
+        parse_position(&reply, 0).ok_or_else(|| bad_reply("latest", &reply))
     }
 
     /// The messages of `topic` after `since`, or `None` for a gap (see
@@ -336,10 +349,7 @@ impl Inner {
             .arg(&since.epoch)
             .arg(first.to_string())
             .arg(self.config.kept());
-        let mut commands = self.commands.clone();
-        let reply: Value = self
-            .run("history", invocation.invoke_async(&mut commands))
-            .await?;
+        let reply = self.invoke("history", &invocation).await?;
         let (latest, now, entries) =
             parse_history(&reply).ok_or_else(|| bad_reply("history", &reply))?;
         if latest.epoch != since.epoch || since.offset > latest.offset {

@@ -143,10 +143,7 @@ pub(super) async fn apply(
     for user in adds.iter().chain(removes) {
         invocation.arg(*user);
     }
-    let mut commands = inner.commands.clone();
-    let reply: Value = inner
-        .run("presence", invocation.invoke_async(&mut commands))
-        .await?;
+    let reply = inner.invoke("presence", &invocation).await?;
     let Value::Array(users) = &reply else {
         return Err(super::bad_reply("presence", &reply));
     };

@@ -18,8 +18,8 @@ use redis::{Client, RedisError, Value};
 
 use super::wire::{self, Keys};
 use super::Inner;
-use crate::hub::broker::Deliver;
-use crate::hub::types::Position;
+use crate::hub::broker::{BrokerError, Deliver};
+use crate::hub::types::{Position, Publication};
 
 /// How often an idle subscription is checked with a PING (a dead peer that
 /// never closed the socket is noticed within this plus the command timeout).
@@ -148,7 +148,9 @@ impl Delivered {
     }
 
     /// After a reconnect: delivers, per topic, what was published since the
-    /// last delivered position, as far as history has it.
+    /// last delivered position, as far as history has it. When Redis lost
+    /// the topic meanwhile (a new epoch), everything of the new epoch was
+    /// published while this process was away: that is delivered instead.
     async fn catch_up(&mut self, inner: &Inner) {
         let known: Vec<(Arc<str>, Position)> = self
             .last
@@ -157,7 +159,7 @@ impl Delivered {
             .collect();
         let (mut replayed, mut lost) = (0usize, 0usize);
         for (topic, since) in known {
-            match inner.history(&topic, &since).await {
+            match missed(inner, &topic, since).await {
                 Ok(Some(publications)) => {
                     for publication in publications {
                         if let Some(position) = &publication.position {
@@ -178,4 +180,29 @@ impl Delivered {
             tracing::info!(node = %inner.node, replayed, topics_with_gaps = lost, "caught up after reconnecting to Redis");
         }
     }
+}
+
+/// What `topic` had after `since`, or from the start of a new epoch; `None`
+/// when history no longer has it.
+async fn missed(
+    inner: &Inner,
+    topic: &str,
+    since: Position,
+) -> Result<Option<Vec<Publication>>, BrokerError> {
+    if let Some(missed) = inner.history(topic, &since).await? {
+        return Ok(Some(missed));
+    }
+    let current = inner.latest(topic).await?;
+    if current.epoch == since.epoch {
+        return Ok(None); // the same history, but more was missed than it keeps
+    }
+    inner
+        .history(
+            topic,
+            &Position {
+                epoch: current.epoch,
+                offset: 0,
+            },
+        )
+        .await
 }
