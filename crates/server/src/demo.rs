@@ -74,6 +74,17 @@ fn page(path: &str) -> Response {
     }
 }
 
+/// The URL with any password replaced, for logs.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// Builds the demo [`App`] (without starting its background tasks).
 pub async fn demo_app(config: &DemoConfig) -> Result<App, DemoError> {
     let hub_config = HubConfig {
@@ -84,7 +95,7 @@ pub async fn demo_app(config: &DemoConfig) -> Result<App, DemoError> {
         Some(url) => {
             let broker =
                 crate::hub::RedisBroker::connect(url, crate::hub::RedisConfig::default()).await?;
-            info!("joined the cluster through Redis at {url}");
+            info!("joined the cluster through Redis at {}", redact(url));
             Hub::with_broker(hub_config, Arc::new(broker))
         }
         None => Hub::new(hub_config),
