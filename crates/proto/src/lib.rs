@@ -30,6 +30,7 @@ pub mod error;
 pub mod extension;
 pub mod frame;
 pub mod handshake;
+pub mod relay;
 
 pub use connection::{Config, Connection, Message, PreparedMessage, Role, State};
 pub use error::{Error, ProtocolError};

@@ -218,9 +218,8 @@ impl Connection {
     /// frame with the error's code (unless one was sent) and stops reading.
     fn fail(&mut self, error: Error) -> Error {
         if self.state == State::Open {
-            let mut reason = error.to_string();
-            reason.truncate(crate::frame::MAX_REASON_LEN);
-            let frame = CloseFrame::new(error.close_code(), &reason);
+            // `CloseFrame::new` cuts the reason to 123 bytes at a character boundary.
+            let frame = CloseFrame::new(error.close_code(), &error.to_string());
             self.write_close(Some(&frame));
         }
         self.state = State::Closed;

@@ -114,6 +114,12 @@ impl Connection {
                     None => {
                         let mut body = BytesMut::new();
                         deflate.compress(&message.payload, &mut body)?;
+                        if body.len() >= message.len() {
+                            // Incompressible: every such connection gets the plain frame.
+                            message.remember(key, message.frame.clone());
+                            self.queue_framed(message.frame.clone());
+                            return Ok(());
+                        }
                         let mut header = FrameHeader::new(message.opcode, body.len() as u64);
                         header.rsv1 = true;
                         let mut frame = BytesMut::with_capacity(header.encoded_len() + body.len());
@@ -222,5 +228,36 @@ mod tests {
             );
         }
         assert!(message.deflated.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn incompressible_message_between_compressed_ones_keeps_context_in_step() {
+        // With context takeover, a message sent uncompressed must leave the
+        // compressor as if it never saw it, or the next one refers to data
+        // the peer does not have.
+        let (mut server, mut client) = deflate_pair(false);
+        let mut noise = Vec::with_capacity(4096);
+        let mut x: u32 = 12345;
+        for _ in 0..4096 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            noise.push((x >> 16) as u8);
+        }
+        let text = "the same words again and again ".repeat(40);
+        for payload in [
+            text.as_bytes().to_vec(),
+            noise.clone(),
+            text.as_bytes().to_vec(),
+            noise,
+            text.as_bytes().to_vec(),
+        ] {
+            server.send_binary(payload.clone()).unwrap();
+            let wire = server.take_transmit();
+            assert!(
+                wire.len() <= payload.len() + 4,
+                "never sent larger than plain"
+            );
+            client.receive(&wire);
+            assert_eq!(client.poll_message(), Some(Ok(Message::binary(payload))));
+        }
     }
 }

@@ -33,6 +33,22 @@ impl Connection {
                 };
                 self.check_header(&header)?;
                 self.read.advance(len);
+                // Fast path without a round trip through `self.frame`: a
+                // whole unfragmented, uncompressed data frame is buffered.
+                let whole = header.payload_len as usize;
+                if self.message.is_none()
+                    && header.fin
+                    && !header.rsv1
+                    && !header.opcode.is_control()
+                    && self.read.len() >= whole
+                {
+                    let payload = self.take_payload(whole, header.mask, 0);
+                    return Ok(Some(if header.opcode == OpCode::Text {
+                        Message::Text(utf8(payload)?)
+                    } else {
+                        Message::Binary(payload)
+                    }));
+                }
                 self.frame = Some(FrameInProgress {
                     header,
                     consumed: 0,
@@ -83,11 +99,20 @@ impl Connection {
             }
             _ => {}
         }
-        if h.payload_len > self.config.max_frame_size as u64 {
+        // A compressed frame may be a little longer than what it inflates to
+        // (deflate's worst case is about 5.5 % for incompressible data).
+        let frame_limit = if h.rsv1 || self.message.as_ref().is_some_and(|m| m.compressed) {
+            self.config
+                .max_frame_size
+                .saturating_add(self.config.max_frame_size / 16 + 64)
+        } else {
+            self.config.max_frame_size
+        };
+        if h.payload_len > frame_limit as u64 {
             return Err(Error::TooBig {
                 what: "frame",
                 size: h.payload_len,
-                limit: self.config.max_frame_size,
+                limit: frame_limit,
             });
         }
         let compressed = match &self.message {

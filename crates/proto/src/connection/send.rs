@@ -99,11 +99,16 @@ impl Connection {
                 let mut out = std::mem::take(&mut self.scratch);
                 out.clear();
                 deflate.compress(&data, &mut out)?;
-                let mut header = FrameHeader::new(opcode, out.len() as u64);
-                header.rsv1 = true;
-                self.write_frame(header, &out);
+                // Incompressible data grows a little: send it as it is.
+                if out.len() < data.len() {
+                    let mut header = FrameHeader::new(opcode, out.len() as u64);
+                    header.rsv1 = true;
+                    self.write_frame(header, &out);
+                    self.scratch = out;
+                    return Ok(());
+                }
+                deflate.discard_last_compressed();
                 self.scratch = out;
-                return Ok(());
             }
         }
         self.write_payload(FrameHeader::new(opcode, data.len() as u64), data);

@@ -73,6 +73,13 @@ impl PerMessageDeflate {
         }
     }
 
+    /// Forgets the compressor's history after its last output was not sent
+    /// (it did not shrink the message): the peer never saw that data, so the
+    /// next message must not refer back to it.
+    pub fn discard_last_compressed(&mut self) {
+        self.compressor = None;
+    }
+
     /// When our compressor starts afresh for every message (our side has no
     /// context takeover), the settings that decide its output: two codecs
     /// with the same key compress a payload to the same bytes, so a message
