@@ -98,16 +98,36 @@ ensure_autobahn() {   # the suite's venv (from PyPI; no-op when up to date)
 }
 
 # ---- hooks for later test suites (filled in by the issues that add them) ----
-ensure_npm_packages() {
-  # HOOK(interop, Node ws peer): install the Node packages the interop tests use, e.g.
-  #   command -v npm >/dev/null || apt_install nodejs npm
-  #   (cd "$ROOT/interop/node" && npm ci --no-audit --no-fund)
-  :
+ensure_npm_packages() {   # Node + interop/node's packages (`ws`, pinned by its package-lock.json)
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    echo "setup: installing nodejs + npm (Debian)"
+    apt_install nodejs npm || return 1
+  fi
+  local dir="$ROOT/interop/node" stamp want
+  stamp="$dir/node_modules/.sockeye-package-lock.sha256"
+  want="$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)"
+  if [[ ! -d "$dir/node_modules" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+    echo "setup: npm ci in interop/node"
+    (cd "$dir" && npm ci --no-audit --no-fund) || return 1
+    echo "$want" >"$stamp"
+  fi
+  echo "interop: node $(node --version), ws $(cd "$dir" && node -p 'require("ws/package.json").version')"
 }
-ensure_python_interop() {
-  # HOOK(interop, Python websockets peer): a venv with `websockets` from PyPI, kept
-  # outside the repo like the Autobahn one.
-  :
+INTEROP_WEBSOCKETS_VERSION=17.4   # Python `websockets`, the interop tests' Python peer
+INTEROP_VENV="${XDG_CACHE_HOME:-$HOME/.cache}/sockeye/interop-venv"
+ensure_python_interop() {   # a venv with `websockets` from PyPI, outside the repo like the Autobahn one
+  local py="$INTEROP_VENV/bin/python"
+  if [[ ! -x "$py" ]]; then
+    echo "setup: creating $INTEROP_VENV"
+    python3 -m venv "$INTEROP_VENV" || return 1
+  fi
+  if [[ "$("$py" -c 'import websockets; print(websockets.__version__)' 2>/dev/null)" != "$INTEROP_WEBSOCKETS_VERSION" ]]; then
+    echo "setup: pip install websockets==$INTEROP_WEBSOCKETS_VERSION"
+    "$py" -m pip install -q --disable-pip-version-check "websockets==$INTEROP_WEBSOCKETS_VERSION" || return 1
+  fi
+  # crates/cli/tests/interop.rs runs the Python peer with this interpreter.
+  export SOCKEYE_INTEROP_PYTHON="$py"
+  echo "interop: $("$py" --version), websockets $("$py" -c 'import websockets; print(websockets.__version__)')"
 }
 ensure_redis_server() {   # Debian's redis-server, for the Redis cluster tests (crates/server/tests/redis.rs)
   if ! command -v redis-server >/dev/null; then
@@ -181,7 +201,8 @@ read -r passed failed < <(awk '/^test result:/ {
   } END { print p + 0, f + 0 }' "$LOGS/cargo-test.log")
 record "cargo test" "$rc" $((SECONDS - t)) "$passed" "$failed" "($passed passed, $failed failed)"
 
-# HOOK(interop): run the interop tests against Python websockets and Node ws here.
+# interop (Python websockets, Node ws): crates/cli/tests/interop.rs, part of the cargo
+# test step above; SOCKEYE_INTEROP_PYTHON (exported by ensure_python_interop) is its Python.
 # HOOK(redis): run the Redis cluster test here.
 # HOOK(browser): the headless Chromium tests of the pages (against target/release/sockeye).
 banner "browser: tests/browser/run.sh"

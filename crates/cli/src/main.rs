@@ -5,6 +5,10 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+mod connect;
+
+use connect::ConnectArgs;
+
 /// sockeye: a WebSocket toolkit.
 #[derive(Debug, Parser)]
 #[command(name = "sockeye", version, about)]
@@ -17,6 +21,11 @@ struct Cli {
 enum Command {
     /// Run the sockeye server: demo pages, pub/sub at /ws, echo at /echo, /metrics.
     Serve(ServeArgs),
+    /// WebSocket-aware reverse proxy: routes, keepalive per hop, limits, /metrics.
+    Proxy(ProxyArgs),
+    Connect(ConnectArgs),
+    /// Load generator: fan-out and idle-connection scenarios against a ws:// URL.
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -41,6 +50,99 @@ struct ServeArgs {
     no_compression: bool,
 }
 
+#[derive(Debug, clap::Args)]
+struct ProxyArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The backend for every path no --route matches (ws://, wss://, http:// or https://).
+    #[arg(long, value_name = "URL")]
+    to: Option<String>,
+    /// Requests under /PREFIX go to URL; the longest prefix wins. Repeatable.
+    #[arg(long = "route", value_name = "/PREFIX=URL")]
+    routes: Vec<sockeye_proxy::Route>,
+    /// Let clients choose this backend at /api/websocket?backend=URL (a URL or host:port). Repeatable.
+    #[arg(long = "allow-backend", value_name = "URL|HOST:PORT")]
+    allow_backends: Vec<sockeye_proxy::AllowedBackend>,
+    /// Ping each hop that has been idle this long ("30s", "500ms"; "off").
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    keepalive: std::time::Duration,
+    /// Close connections that carried no frame either way for this long (default: never).
+    #[arg(long, value_parser = parse_duration)]
+    idle_timeout: Option<std::time::Duration>,
+    /// The most connections at once (then 503).
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// The most connections at once from one IP address (then 429).
+    #[arg(long, default_value_t = 1_000)]
+    max_per_ip: usize,
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    #[command(subcommand)]
+    scenario: BenchScenario,
+    /// Print the report as one line of JSON.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchScenario {
+    /// One publisher, many subscribers on one topic: deliveries/s and latency.
+    Fanout {
+        /// The endpoint, e.g. ws://127.0.0.1:3000/ws.
+        #[arg(long)]
+        url: String,
+        /// sockeye: the JSON pub/sub protocol; raw: a server that broadcasts
+        /// what a client sends to every other client (bench/peers).
+        #[arg(long, default_value = "sockeye")]
+        protocol: sockeye_bench::Protocol,
+        /// Subscriber connections.
+        #[arg(long, default_value_t = 10_000)]
+        subscribers: usize,
+        /// Bytes of data per message (JSON for sockeye, raw for raw).
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Seconds to measure.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Seconds to publish before measuring.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// Publications per second (default: as fast as the window allows).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Publications in flight, not yet delivered to every subscriber (0: none).
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+        /// The server's process id, for its CPU time.
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
+    /// Many idle connections: server memory per connection.
+    Idle {
+        /// The endpoint, e.g. ws://127.0.0.1:3000/ws.
+        #[arg(long)]
+        url: String,
+        /// sockeye: each connection also subscribes to a topic; raw: only connects.
+        #[arg(long, default_value = "sockeye")]
+        protocol: sockeye_bench::Protocol,
+        /// Connections to open.
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// The server's process id, for its RSS.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Seconds to hold the connections open (answering heartbeats) after measuring.
+        #[arg(long, default_value_t = 10.0)]
+        hold: f64,
+        /// Topics to spread the subscriptions over (1: all on one topic).
+        #[arg(long, default_value_t = 1)]
+        topics: usize,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -50,10 +152,64 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => tokio::runtime::Runtime::new()?.block_on(serve(args)),
+        Command::Proxy(args) => tokio::runtime::Runtime::new()?.block_on(proxy(args)),
+        Command::Connect(args) => {
+            std::process::exit(tokio::runtime::Runtime::new()?.block_on(connect::run(args)))
+        }
+        Command::Bench(args) => bench(args),
     }
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    use sockeye_bench::{fanout::FanoutConfig, idle::IdleConfig, Scenario, Target};
+    let secs = std::time::Duration::from_secs_f64;
+    let scenario = match args.scenario {
+        BenchScenario::Fanout {
+            url,
+            protocol,
+            subscribers,
+            size,
+            duration,
+            warmup,
+            rate,
+            window,
+            server_pid,
+        } => Scenario::Fanout(FanoutConfig {
+            protocol,
+            subscribers,
+            size,
+            duration: secs(duration),
+            warmup: secs(warmup),
+            rate,
+            window,
+            server_pid,
+            ..FanoutConfig::new(Target::parse(&url)?)
+        }),
+        BenchScenario::Idle {
+            url,
+            protocol,
+            connections,
+            server_pid,
+            hold,
+            topics,
+        } => Scenario::Idle(IdleConfig {
+            protocol,
+            connections,
+            server_pid,
+            hold: secs(hold),
+            topics,
+            ..IdleConfig::new(Target::parse(&url)?)
+        }),
+    };
+    let report = sockeye_bench::run(&scenario)?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{report}");
+    }
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -69,6 +225,43 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.addr))?;
     sockeye_server::serve_demo(config, listener, shutdown_signal()).await?;
     Ok(())
+}
+
+async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    let mut config = sockeye_proxy::ProxyConfig::default()
+        .keepalive(Some(args.keepalive).filter(|d| !d.is_zero()))
+        .idle_timeout(args.idle_timeout)
+        .max_connections(args.max_connections)
+        .max_per_ip(args.max_per_ip);
+    if let Some(to) = &args.to {
+        config = config.to(to)?;
+    }
+    config.routes.extend(args.routes);
+    if !args.allow_backends.is_empty() {
+        config.client_choice = Some(sockeye_proxy::ClientChoice::new(args.allow_backends));
+    }
+    sockeye_proxy::serve(config, args.listen, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// "30s", "500ms", "2m", "1h", a bare number of seconds; "off" is zero.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    if s == "off" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s"))?;
+    let ms = match unit {
+        "ms" => n,
+        "" | "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        _ => return Err(format!("{s:?}: the unit must be ms, s, m or h")),
+    };
+    Ok(std::time::Duration::from_millis(ms))
 }
 
 /// Completes on Ctrl-C or SIGTERM.
