@@ -99,7 +99,7 @@ start_server() {
   done
   [[ -n "$line" ]] || { cat "$log" >&2; echo "the $1 server did not say where it listens" >&2; exit 1; }
   URL="ws://127.0.0.1:${line##*:}/ws"
-  if [[ "$1" == node ]]; then PEER_LINE="$(head -1 "$log")"; fi
+  if [[ "$1" == node ]]; then PEER_LINE="$(head -1 "$log" | sed 's/.*(\(.*\))$/\1/')"; fi
   sleep 0.5   # let it finish starting before RSS is read
 }
 
