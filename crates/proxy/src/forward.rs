@@ -17,9 +17,10 @@ use crate::dial;
 use crate::headers;
 use crate::limits::Permit;
 use crate::metrics::Refusal;
-use crate::observer::{ConnId, ResponseSource};
+use crate::observer::{BodySide, ConnId, ResponseSource};
 use crate::relay;
 use crate::server::{empty, text, Body, Chosen, Shared};
+use crate::tap::Tapped;
 use crate::Error;
 
 /// Why a request was not forwarded.
@@ -39,11 +40,12 @@ impl From<Error> for Failed {
 type Forwarded = Result<(Response<Body>, ResponseSource), Failed>;
 
 /// Forwards a plain HTTP request on a fresh backend connection; the request
-/// and response bodies stream through.
+/// and response bodies stream through (shown to the observer, if it asks).
 pub(crate) async fn http(
     shared: &Shared,
     request: Request<Incoming>,
     chosen: Chosen,
+    id: ConnId,
     remote: SocketAddr,
 ) -> Forwarded {
     let config = &shared.config;
@@ -64,7 +66,8 @@ pub(crate) async fn http(
             debug!("backend connection ended: {error}");
         }
     });
-    let mut upstream = Request::new(body);
+    let observer = &config.observer;
+    let mut upstream = Request::new(Tapped::new(body, observer, id, BodySide::Request));
     *upstream.method_mut() = parts.method;
     *upstream.uri_mut() = uri;
     *upstream.version_mut() = Version::HTTP_11;
@@ -79,7 +82,11 @@ pub(crate) async fn http(
         .await
         .map_err(|_| Error::BackendTimeout(config.response_timeout))?
         .map_err(Error::Http)?;
-    Ok((relayed(response), ResponseSource::Backend))
+    let (mut parts, body) = response.into_parts();
+    parts.headers = headers::end_to_end(&parts.headers);
+    let body = Tapped::new(body, observer, id, BodySide::Response);
+    let response = Response::from_parts(parts, body.map_err(Into::into).boxed());
+    Ok((response, ResponseSource::Backend))
 }
 
 /// Forwards a WebSocket upgrade with every handshake header intact; on the

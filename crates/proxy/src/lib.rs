@@ -57,13 +57,14 @@ mod observer;
 mod relay;
 mod route;
 mod server;
+mod tap;
 
 pub use config::{ClientChoice, ProxyConfig};
 pub use error::Error;
 pub use metrics::{ProxyMetrics, Refusal};
 pub use observer::{
-    CloseInfo, ConnId, Direction, FrameInfo, Initiator, NoopObserver, Observer, RequestMeta,
-    ResponseMeta, ResponseSource,
+    BodySide, CloseInfo, ConnId, Direction, FrameInfo, Initiator, NoopObserver, Observer,
+    RequestMeta, ResponseMeta, ResponseSource,
 };
 pub use route::{AllowedBackend, Backend, Route};
 pub use server::{serve, Proxy};

@@ -133,6 +133,15 @@ pub struct ResponseMeta<'a> {
     pub elapsed: Duration,
 }
 
+/// Which body a chunk belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BodySide {
+    /// The client's request body, on its way to the backend.
+    Request,
+    /// The backend's response body, on its way to the client.
+    Response,
+}
+
 /// What the relay knows about a frame: its header, never its payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameInfo {
@@ -189,6 +198,25 @@ pub trait Observer: Send + Sync + 'static {
     /// The backend accepted an upgrade: frames follow under `conn`.
     fn on_upgrade(&self, conn: ConnId, request: &RequestMeta<'_>, response: &ResponseMeta<'_>) {
         let _ = (conn, request, response);
+    }
+
+    /// How many bytes of each plain HTTP body (request and response) to
+    /// show [`Observer::on_body`]; asked once per body. Default 0: bodies
+    /// stream through untouched and neither body callback is made.
+    fn wants_bodies(&self) -> usize {
+        0
+    }
+
+    /// A chunk of the body `side` of request `id` passed: its bytes, cut
+    /// so that all calls together show at most [`Observer::wants_bodies`].
+    fn on_body(&self, id: ConnId, side: BodySide, chunk: &[u8]) {
+        let _ = (id, side, chunk);
+    }
+
+    /// The body `side` of request `id` ended after `total` bytes:
+    /// `complete` when it ended normally, false when it broke off.
+    fn on_body_end(&self, id: ConnId, side: BodySide, total: u64, complete: bool) {
+        let _ = (id, side, total, complete);
     }
 
     /// Whether [`Observer::on_frame`] should be called at all; asked once

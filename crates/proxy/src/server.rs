@@ -243,7 +243,7 @@ async fn handle(
                 let result = if upgrade {
                     forward::upgrade(&shared, request, chosen, permit, id, remote).await
                 } else {
-                    let result = forward::http(&shared, request, chosen, remote).await;
+                    let result = forward::http(&shared, request, chosen, id, remote).await;
                     drop(permit);
                     result
                 };

@@ -21,6 +21,8 @@ use crate::App;
 
 #[derive(rust_embed::RustEmbed)]
 #[folder = "../../web/"]
+// The tunnel inspector's page is served by the agent, not here.
+#[exclude = "inspector/*"]
 struct Pages;
 
 /// Settings of the demo server.
