@@ -8,6 +8,7 @@
 //! connection's own buffer, payloads are split off it as `Bytes`, and the
 //! buffer is reused in place once they are dropped.
 
+use std::io::IoSlice;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::str::FromStr;
 
@@ -16,7 +17,7 @@ use http::HeaderMap;
 use serde::Serialize;
 use sockeye_proto::handshake::ClientHandshake;
 use sockeye_proto::{Config, Connection, Message, Role};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use crate::Error;
@@ -100,16 +101,32 @@ impl std::fmt::Display for Protocol {
     }
 }
 
+/// Slices handed to one vectored write.
+const MAX_IOVECS: usize = 64;
+
 /// One open WebSocket client connection.
 #[derive(Debug)]
 pub(crate) struct Client {
     tcp: TcpStream,
     conn: Connection,
+    /// Bytes asked of the socket per read.
+    read_chunk: usize,
 }
 
 impl Client {
-    /// Opens TCP (Nagle off) and performs the opening handshake.
+    /// Opens TCP (Nagle off) and performs the opening handshake, with the
+    /// core's default limits (16 MiB messages).
     pub(crate) async fn connect(target: &Target) -> Result<Client, Error> {
+        Self::connect_with(target, Config::default(), READ_CHUNK).await
+    }
+
+    /// As [`Client::connect`], with the core's `config` and reads of
+    /// `read_chunk` bytes.
+    pub(crate) async fn connect_with(
+        target: &Target,
+        config: Config,
+        read_chunk: usize,
+    ) -> Result<Client, Error> {
         let mut tcp = TcpStream::connect(target.addr)
             .await
             .map_err(|source| Error::Connect {
@@ -136,9 +153,13 @@ impl Client {
         handshake
             .validate_response(&response)
             .map_err(sockeye_proto::Error::from)?;
-        let mut conn = Connection::new(Role::Client, Config::default());
+        let mut conn = Connection::new(Role::Client, config);
         conn.receive(&buf[len..]);
-        Ok(Client { tcp, conn })
+        Ok(Client {
+            tcp,
+            conn,
+            read_chunk,
+        })
     }
 
     /// The next message or control frame; `Ok(None)` once the connection
@@ -159,7 +180,7 @@ impl Client {
                 return Ok(None);
             }
             let buf = self.conn.read_buf();
-            buf.reserve(READ_CHUNK);
+            buf.reserve(self.read_chunk);
             if self.tcp.read_buf(buf).await? == 0 {
                 return Err(Error::Closed("by the server without a close frame"));
             }
@@ -179,6 +200,80 @@ impl Client {
     pub(crate) async fn send_binary(&mut self, data: impl Into<bytes::Bytes>) -> Result<(), Error> {
         self.conn.send_binary(data)?;
         self.flush().await
+    }
+
+    /// A message or control frame already read, if any (a ping's pong is
+    /// queued by the core; [`Client::write_queued`] sends it). Never waits.
+    pub(crate) fn poll_buffered(&mut self) -> Result<Option<Message>, Error> {
+        Ok(self.conn.poll_message().transpose()?)
+    }
+
+    /// Whether the connection has been closed (both close frames seen).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.conn.is_closed()
+    }
+
+    /// Queues a text or binary message without writing it
+    /// ([`Client::write_queued`] does). The payload is shared, not copied
+    /// (the core copies it once, masking it).
+    pub(crate) fn queue(&mut self, message: &Message) -> Result<(), Error> {
+        match message {
+            Message::Text(text) => self.conn.send_text(text.clone())?,
+            Message::Binary(data) => self.conn.send_binary(data.clone())?,
+            _ => {
+                return Err(Error::Config(
+                    "only text or binary messages are echoed".into(),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads once from the socket into the connection (waits until
+    /// something arrives); [`Client::poll_buffered`] then yields it.
+    pub(crate) async fn read_some(&mut self) -> Result<(), Error> {
+        let buf = self.conn.read_buf();
+        buf.reserve(self.read_chunk);
+        if self.tcp.read_buf(buf).await? == 0 {
+            return Err(Error::Closed("by the server without a close frame"));
+        }
+        Ok(())
+    }
+
+    /// Writes everything queued, in vectored writes, and reads whatever
+    /// arrives while the socket is full: a server echoing many large
+    /// messages blocks on writing to us, and would never drain our writes
+    /// if we did not read.
+    pub(crate) async fn write_queued(&mut self) -> Result<(), Error> {
+        loop {
+            let transmit = self.conn.transmit();
+            if !transmit.has_remaining() {
+                return Ok(());
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let n = transmit.chunks_vectored(&mut slices);
+            match self.tcp.try_write_vectored(&slices[..n]) {
+                Ok(0) => return Err(Error::Closed("while writing")),
+                Ok(written) => transmit.advance(written),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let ready = self
+                        .tcp
+                        .ready(Interest::READABLE | Interest::WRITABLE)
+                        .await?;
+                    if ready.is_readable() {
+                        let buf = self.conn.read_buf();
+                        buf.reserve(self.read_chunk);
+                        match self.tcp.try_read_buf(buf) {
+                            Ok(0) => return Err(Error::Closed("by the server while we wrote")),
+                            Ok(_) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Writes what the connection has queued (messages, pongs, close replies).
