@@ -369,17 +369,21 @@ async fn echo_loop(
         Message::Binary(b) => b,
         _ => unreachable!("payload() makes data messages"),
     };
-    let mut sent_at: VecDeque<Instant> = VecDeque::with_capacity(config.in_flight);
+    // When the messages in flight were written, oldest first, run-length
+    // encoded: a batch written at once shares its time.
+    let mut sent_at: VecDeque<(Instant, u64)> = VecDeque::with_capacity(config.in_flight);
     for _ in 0..config.in_flight {
         client.queue(&message)?;
     }
-    let now = Instant::now();
-    sent_at.extend(std::iter::repeat_n(now, config.in_flight));
+    sent_at.push_back((Instant::now(), config.in_flight as u64));
     client.write_queued().await?;
     loop {
         client.read_some().await?;
         let arrived = Instant::now();
-        let mut echoes = 0;
+        let measuring = shared.phase.get() == Phase::Measure;
+        let mut echoes = 0u64;
+        // Echoes of the current run of `sent_at`, not yet recorded.
+        let mut run = 0u64;
         while let Some(received) = client.poll_buffered()? {
             let data: &[u8] = match &received {
                 Message::Text(t) => t.as_bytes(),
@@ -389,11 +393,6 @@ async fn echo_loop(
                 }
                 Message::Ping(_) | Message::Pong(_) => continue,
             };
-            echoes += 1;
-            let Some(sent) = sent_at.pop_front() else {
-                shared.error("an echo of a message never sent");
-                continue;
-            };
             if data != expected || matches!(received, Message::Text(_)) == config.binary {
                 shared.error(format!(
                     "an echo differs from what was sent ({} bytes, expected {})",
@@ -401,13 +400,28 @@ async fn echo_loop(
                     expected.len()
                 ));
             }
-            if shared.phase.get() == Phase::Measure {
-                shared.messages.set(shared.messages.get() + 1);
+            let Some(front) = sent_at.front_mut() else {
+                shared.error("an echo of a message never sent");
+                continue;
+            };
+            echoes += 1;
+            run += 1;
+            if measuring {
                 shared.bytes.set(shared.bytes.get() + data.len() as u64);
-                shared
-                    .latencies
-                    .borrow_mut()
-                    .record(arrived.saturating_duration_since(sent).as_nanos() as u64);
+            }
+            if run == front.1 {
+                let (sent, n) = sent_at.pop_front().expect("front exists");
+                if measuring {
+                    record(shared, arrived.saturating_duration_since(sent), n);
+                }
+                run = 0;
+            }
+        }
+        if run > 0 {
+            let front = sent_at.front_mut().expect("a run is of the front");
+            front.1 -= run;
+            if measuring {
+                record(shared, arrived.saturating_duration_since(front.0), run);
             }
         }
         if shared.phase.get() == Phase::Done || client.is_closed() {
@@ -417,12 +431,20 @@ async fn echo_loop(
             for _ in 0..echoes {
                 client.queue(&message)?;
             }
-            let now = Instant::now();
-            sent_at.extend(std::iter::repeat_n(now, echoes));
+            sent_at.push_back((Instant::now(), echoes));
         }
         // Also sends pongs the core queued.
         client.write_queued().await?;
     }
+}
+
+/// Counts `n` echoes that took `latency`.
+fn record(shared: &Shared, latency: Duration, n: u64) {
+    shared.messages.set(shared.messages.get() + n);
+    shared
+        .latencies
+        .borrow_mut()
+        .record_n(latency.as_nanos() as u64, n);
 }
 
 #[cfg(test)]
