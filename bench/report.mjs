@@ -57,7 +57,9 @@ p('`TOKIO_WORKER_THREADS=1` for `sockeye serve`. "Server CPU" is utime + stime o
 p('`/proc/PID/stat` read just before and after the measured window (10 ms ticks), divided by');
 p('what was echoed in that window: on two shared cores it is the robust efficiency figure,');
 p('while messages/s also depends on what else ran. MB = 10^6 bytes of echoed payload (the');
-p('server read and wrote as much).');
+p('server read and wrote as much). "write/writev per echo" is `syscw` of `/proc/PID/io`, which counts');
+p('only calls through the VFS: `write` and `writev`, not `send`; servers that write with `send`');
+p('(tokio-tungstenite, fastwebsockets and uWebSockets.js do) show 0 there.');
 p();
 p(`- **Date:** ${started} UTC; load average ${loadBefore} before, ${loadAfter} after.`);
 p(`- **Machine:** ${machine}.`);
@@ -128,7 +130,7 @@ function echoTable(m, title) {
   if (!rs.length) return;
   p(`### ${title}`);
   p();
-  p('| server | echoes/s | MB/s | server CPU µs/echo | server CPU µs/MB | server cores | server writes/echo | p50 µs | p99 µs | p99.9 µs | generator CPU µs/echo | generator cores | errors |');
+  p('| server | echoes/s | MB/s | server CPU µs/echo | server CPU µs/MB | server cores | write/writev per echo | p50 µs | p99 µs | p99.9 µs | generator CPU µs/echo | generator cores | errors |');
   p('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|');
   for (const r of rs) {
     p(`| ${name(r.server)} | ${f(r.messages_per_s)} | ${f(r.mb_per_s, 1)} | ${f(r.server_cpu_per_message_us, 3)} | ${f(r.server_cpu_per_mb_us)} | ${f(cores(r.cpu, 'server'), 2)} | ${f(writesPer(r), 3)} | ${latencyCells(r)} | ${f(r.client_cpu_per_message_us, 3)} | ${f(cores(r.cpu, 'client'), 2)} | ${errors(r)} |`);
