@@ -54,8 +54,8 @@ if (( $(ulimit -n) < CONNECTIONS + 100 )); then
 fi
 
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-echo "==> building (cargo build --release -p sockeye-cli -p sockeye-bench --example echo-server)" >&2
-cargo build --release -p sockeye-cli -p sockeye-bench --example echo-server >&2
+echo "==> building (cargo build --release -p sockeye-cli -p sockeye-bench --bin sockeye --example echo-server)" >&2
+cargo build --release -p sockeye-cli -p sockeye-bench --bin sockeye --example echo-server >&2
 SOCKEYE="$TARGET_DIR/release/sockeye"
 RAW_ECHO="$TARGET_DIR/release/examples/echo-server"
 PEERS="$ROOT/bench/peers"

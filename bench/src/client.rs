@@ -104,6 +104,63 @@ impl std::fmt::Display for Protocol {
 /// Slices handed to one vectored write.
 const MAX_IOVECS: usize = 64;
 
+/// The most bytes of frames laid end to end in a [`Prepared`] batch.
+const MAX_BATCH: usize = 64 * 1024;
+
+/// A message encoded ahead of time as client frames (header, mask key,
+/// masked payload) and sent again and again: sending costs no masking, no
+/// copy and no random mask key per message. Each frame in the batch has a
+/// key of its own (the keys repeat from batch to batch; a server cannot
+/// tell, and a load generator has no cache-poisoning proxy to defend
+/// against, which is what RFC 6455 requires fresh keys for).
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared {
+    /// `frames` copies of the frame, end to end.
+    batch: bytes::Bytes,
+    frame_len: usize,
+    frames: usize,
+}
+
+impl Prepared {
+    /// Up to `count` frames of `message` (as many as fit in 64 KiB, at
+    /// least one).
+    pub(crate) fn new(message: &Message, count: usize, config: Config) -> Result<Self, Error> {
+        let mut conn = Connection::new(Role::Client, config);
+        let encode = |conn: &mut Connection| -> Result<bytes::Bytes, Error> {
+            match message {
+                Message::Text(text) => conn.send_text(text.clone())?,
+                Message::Binary(data) => conn.send_binary(data.clone())?,
+                _ => {
+                    return Err(Error::Config(
+                        "only text or binary messages are sent".into(),
+                    ))
+                }
+            }
+            Ok(conn.take_transmit())
+        };
+        let first = encode(&mut conn)?;
+        let frame_len = first.len();
+        let frames = (MAX_BATCH / frame_len).clamp(1, count.max(1));
+        if frames == 1 {
+            return Ok(Prepared {
+                batch: first,
+                frame_len,
+                frames,
+            });
+        }
+        let mut batch = BytesMut::with_capacity(frame_len * frames);
+        batch.extend_from_slice(&first);
+        for _ in 1..frames {
+            batch.extend_from_slice(&encode(&mut conn)?);
+        }
+        Ok(Prepared {
+            batch: batch.freeze(),
+            frame_len,
+            frames,
+        })
+    }
+}
+
 /// One open WebSocket client connection.
 #[derive(Debug)]
 pub(crate) struct Client {
@@ -111,6 +168,9 @@ pub(crate) struct Client {
     conn: Connection,
     /// Bytes asked of the socket per read.
     read_chunk: usize,
+    /// Whole frames waiting to be written, in order: what the core queued
+    /// (pongs, close replies) and [`Prepared`] frames.
+    out: std::collections::VecDeque<bytes::Bytes>,
 }
 
 impl Client {
@@ -159,6 +219,7 @@ impl Client {
             tcp,
             conn,
             read_chunk,
+            out: Default::default(),
         })
     }
 
@@ -213,20 +274,24 @@ impl Client {
         self.conn.is_closed()
     }
 
-    /// Queues a text or binary message without writing it
-    /// ([`Client::write_queued`] does). The payload is shared, not copied
-    /// (the core copies it once, masking it).
-    pub(crate) fn queue(&mut self, message: &Message) -> Result<(), Error> {
-        match message {
-            Message::Text(text) => self.conn.send_text(text.clone())?,
-            Message::Binary(data) => self.conn.send_binary(data.clone())?,
-            _ => {
-                return Err(Error::Config(
-                    "only text or binary messages are echoed".into(),
-                ))
-            }
+    /// Queues `n` frames of `prepared` without writing them
+    /// ([`Client::write_queued`] does).
+    pub(crate) fn queue_prepared(&mut self, prepared: &Prepared, mut n: usize) {
+        self.take_core_output();
+        while n > 0 {
+            let k = n.min(prepared.frames);
+            self.out
+                .push_back(prepared.batch.slice(..k * prepared.frame_len));
+            n -= k;
         }
-        Ok(())
+    }
+
+    /// Moves what the core queued (pongs, close replies) to `out`, behind
+    /// the whole frames already there.
+    fn take_core_output(&mut self) {
+        if !self.conn.transmit().is_empty() {
+            self.out.push_back(self.conn.take_transmit());
+        }
     }
 
     /// Reads once from the socket into the connection (waits until
@@ -245,16 +310,27 @@ impl Client {
     /// messages blocks on writing to us, and would never drain our writes
     /// if we did not read.
     pub(crate) async fn write_queued(&mut self) -> Result<(), Error> {
-        loop {
-            let transmit = self.conn.transmit();
-            if !transmit.has_remaining() {
-                return Ok(());
-            }
+        self.take_core_output();
+        while !self.out.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let n = transmit.chunks_vectored(&mut slices);
+            let n = self.out.len().min(MAX_IOVECS);
+            for (slice, bytes) in slices.iter_mut().zip(&self.out) {
+                *slice = IoSlice::new(bytes);
+            }
             match self.tcp.try_write_vectored(&slices[..n]) {
                 Ok(0) => return Err(Error::Closed("while writing")),
-                Ok(written) => transmit.advance(written),
+                Ok(mut written) => {
+                    while written > 0 {
+                        let front = self.out.front_mut().expect("written bytes were queued");
+                        if front.len() <= written {
+                            written -= front.len();
+                            self.out.pop_front();
+                        } else {
+                            front.advance(written);
+                            written = 0;
+                        }
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     let ready = self
                         .tcp
@@ -273,7 +349,9 @@ impl Client {
                 }
                 Err(e) => return Err(e.into()),
             }
+            self.take_core_output();
         }
+        Ok(())
     }
 
     /// Writes what the connection has queued (messages, pongs, close replies).
