@@ -269,6 +269,11 @@ impl Client {
         Ok(self.conn.poll_message().transpose()?)
     }
 
+    /// Bytes read and not yet parsed.
+    pub(crate) fn read_buffered(&mut self) -> usize {
+        self.conn.read_buf().len()
+    }
+
     /// Whether the connection has been closed (both close frames seen).
     pub(crate) fn is_closed(&self) -> bool {
         self.conn.is_closed()
@@ -298,7 +303,9 @@ impl Client {
     /// something arrives); [`Client::poll_buffered`] then yields it.
     pub(crate) async fn read_some(&mut self) -> Result<(), Error> {
         let buf = self.conn.read_buf();
-        buf.reserve(self.read_chunk);
+        // Room for `read_chunk` bytes in all, not on top of what is there:
+        // a large frame then grows its buffer once, not at every read.
+        buf.reserve(self.read_chunk.saturating_sub(buf.len()).max(READ_CHUNK));
         if self.tcp.read_buf(buf).await? == 0 {
             return Err(Error::Closed("by the server without a close frame"));
         }

@@ -378,8 +378,19 @@ async fn echo_loop(
     client.queue_prepared(&frames, config.in_flight);
     sent_at.push_back((Instant::now(), config.in_flight as u64));
     client.write_queued().await?;
+    // Large echoes are parsed only once they have arrived whole: a frame
+    // that lies whole in the read buffer is split off it without a copy,
+    // one parsed piece by piece is copied into the message being assembled.
+    let whole_frame = if config.size >= 4096 {
+        config.size + if config.size > 0xFFFF { 10 } else { 4 }
+    } else {
+        0
+    };
     loop {
         client.read_some().await?;
+        while client.read_buffered() < whole_frame {
+            client.read_some().await?;
+        }
         let arrived = Instant::now();
         let measuring = shared.phase.get() == Phase::Measure;
         let mut echoes = 0u64;
