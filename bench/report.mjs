@@ -58,8 +58,8 @@ p('`/proc/PID/stat` read just before and after the measured window (10 ms ticks)
 p('what was echoed in that window: on two shared cores it is the robust efficiency figure,');
 p('while messages/s also depends on what else ran. MB = 10^6 bytes of echoed payload (the');
 p('server read and wrote as much). "write/writev per echo" is `syscw` of `/proc/PID/io`, which counts');
-p('only calls through the VFS: `write` and `writev`, not `send`; servers that write with `send`');
-p('(tokio-tungstenite, fastwebsockets and uWebSockets.js do) show 0 there.');
+p('only calls through the VFS: `write` and `writev`, not `send`; writes made with `send` show as 0');
+p('(tokio-tungstenite\'s always, fastwebsockets\' and uWebSockets.js\' for small messages).');
 p();
 p(`- **Date:** ${started} UTC; load average ${loadBefore} before, ${loadAfter} after.`);
 p(`- **Machine:** ${machine}.`);
