@@ -269,6 +269,9 @@ pub async fn run(config: &EchoConfig) -> Result<EchoReport, Error> {
 
     let messages = shared.messages.get();
     let bytes = shared.bytes.get();
+    if messages == 0 {
+        shared.error("no echo arrived during the measured window");
+    }
     let wall = cpu.wall_s;
     let per_message = |cpu_s: f64| ratio(cpu_s * 1e6, messages as f64);
     let report = EchoReport {
