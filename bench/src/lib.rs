@@ -12,10 +12,13 @@
 //! ```
 //!
 //! Each scenario is a module with a `Config`, a `Report` and an async `run`:
-//! [`fanout`] (one publisher, many subscribers: deliveries per second and
-//! latency) and [`idle`] (memory per idle connection). The generator runs
-//! on one thread so that it can be pinned to one core, away from the
-//! server's (`bench/run-fanout-idle.sh` does that with `taskset`).
+//! [`echo`] (C connections, P messages in flight each: echoes per second,
+//! latency, server CPU per message), [`large`] (one connection, 16 MiB
+//! messages: MB/s and server CPU per MB), [`fanout`] (one publisher, many
+//! subscribers: deliveries per second and latency) and [`idle`] (memory per
+//! idle connection). The generator runs on one thread so that it can be
+//! pinned to one core, away from the server's (`bench/run.sh` and
+//! `bench/run-fanout-idle.sh` do that with `taskset`).
 //!
 //! ```no_run
 //! use sockeye_bench::{fanout::FanoutConfig, Scenario, Target};
@@ -28,8 +31,10 @@
 //! ```
 
 mod client;
+pub mod echo;
 pub mod fanout;
 pub mod idle;
+pub mod large;
 mod stats;
 
 pub use client::{Protocol, Target};
@@ -92,6 +97,10 @@ pub enum Error {
 /// A scenario and its settings.
 #[derive(Debug, Clone)]
 pub enum Scenario {
+    /// C connections echoing small or large messages.
+    Echo(echo::EchoConfig),
+    /// One connection, 16 MiB messages, ping-pong.
+    Large(large::LargeConfig),
     /// One publisher, many subscribers.
     Fanout(fanout::FanoutConfig),
     /// Many idle connections.
@@ -102,6 +111,10 @@ pub enum Scenario {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "scenario", rename_all = "lowercase")]
 pub enum Report {
+    /// From [`Scenario::Echo`].
+    Echo(echo::EchoReport),
+    /// From [`Scenario::Large`].
+    Large(echo::EchoReport),
     /// From [`Scenario::Fanout`].
     Fanout(fanout::FanoutReport),
     /// From [`Scenario::Idle`].
@@ -118,6 +131,8 @@ impl Report {
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Report::Echo(r) => r.fmt(f),
+            Report::Large(r) => r.fmt(f),
             Report::Fanout(r) => r.fmt(f),
             Report::Idle(r) => r.fmt(f),
         }
@@ -133,6 +148,8 @@ pub fn run(scenario: &Scenario) -> Result<Report, Error> {
     let local = tokio::task::LocalSet::new();
     let report = local.block_on(&runtime, async {
         match scenario {
+            Scenario::Echo(config) => echo::run(config).await.map(Report::Echo),
+            Scenario::Large(config) => large::run(config).await.map(Report::Large),
             Scenario::Fanout(config) => fanout::run(config).await.map(Report::Fanout),
             Scenario::Idle(config) => idle::run(config).await.map(Report::Idle),
         }

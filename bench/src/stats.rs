@@ -221,6 +221,11 @@ impl Latencies {
         self.0.saturating_record(nanos.max(1_000));
     }
 
+    /// Records `count` values of `nanos` at once.
+    pub(crate) fn record_n(&mut self, nanos: u64, count: u64) {
+        self.0.saturating_record_n(nanos.max(1_000), count);
+    }
+
     pub(crate) fn summary(&self) -> LatencySummary {
         let us = |q: f64| self.0.value_at_quantile(q) as f64 / 1e3;
         LatencySummary {

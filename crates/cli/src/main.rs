@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod connect;
 
+use bench::BenchArgs;
 use connect::ConnectArgs;
 
 /// sockeye: a WebSocket toolkit.
@@ -24,7 +26,7 @@ enum Command {
     /// WebSocket-aware reverse proxy: routes, keepalive per hop, limits, /metrics.
     Proxy(ProxyArgs),
     Connect(ConnectArgs),
-    /// Load generator: fan-out and idle-connection scenarios against a ws:// URL.
+    /// Load generator: echo, large-message, fan-out and idle-connection scenarios against a ws:// URL.
     Bench(BenchArgs),
 }
 
@@ -78,71 +80,6 @@ struct ProxyArgs {
     max_per_ip: usize,
 }
 
-#[derive(Debug, clap::Args)]
-struct BenchArgs {
-    #[command(subcommand)]
-    scenario: BenchScenario,
-    /// Print the report as one line of JSON.
-    #[arg(long, global = true)]
-    json: bool,
-}
-
-#[derive(Debug, Subcommand)]
-enum BenchScenario {
-    /// One publisher, many subscribers on one topic: deliveries/s and latency.
-    Fanout {
-        /// The endpoint, e.g. ws://127.0.0.1:3000/ws.
-        #[arg(long)]
-        url: String,
-        /// sockeye: the JSON pub/sub protocol; raw: a server that broadcasts
-        /// what a client sends to every other client (bench/peers).
-        #[arg(long, default_value = "sockeye")]
-        protocol: sockeye_bench::Protocol,
-        /// Subscriber connections.
-        #[arg(long, default_value_t = 10_000)]
-        subscribers: usize,
-        /// Bytes of data per message (JSON for sockeye, raw for raw).
-        #[arg(long, default_value_t = 100)]
-        size: usize,
-        /// Seconds to measure.
-        #[arg(long, default_value_t = 10.0)]
-        duration: f64,
-        /// Seconds to publish before measuring.
-        #[arg(long, default_value_t = 1.0)]
-        warmup: f64,
-        /// Publications per second (default: as fast as the window allows).
-        #[arg(long)]
-        rate: Option<f64>,
-        /// Publications in flight, not yet delivered to every subscriber (0: none).
-        #[arg(long, default_value_t = 16)]
-        window: usize,
-        /// The server's process id, for its CPU time.
-        #[arg(long)]
-        server_pid: Option<u32>,
-    },
-    /// Many idle connections: server memory per connection.
-    Idle {
-        /// The endpoint, e.g. ws://127.0.0.1:3000/ws.
-        #[arg(long)]
-        url: String,
-        /// sockeye: each connection also subscribes to a topic; raw: only connects.
-        #[arg(long, default_value = "sockeye")]
-        protocol: sockeye_bench::Protocol,
-        /// Connections to open.
-        #[arg(long, default_value_t = 10_000)]
-        connections: usize,
-        /// The server's process id, for its RSS.
-        #[arg(long)]
-        server_pid: Option<u32>,
-        /// Seconds to hold the connections open (answering heartbeats) after measuring.
-        #[arg(long, default_value_t = 10.0)]
-        hold: f64,
-        /// Topics to spread the subscriptions over (1: all on one topic).
-        #[arg(long, default_value_t = 1)]
-        topics: usize,
-    },
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -158,58 +95,8 @@ fn main() -> anyhow::Result<()> {
         Command::Connect(args) => {
             std::process::exit(tokio::runtime::Runtime::new()?.block_on(connect::run(args)))
         }
-        Command::Bench(args) => bench(args),
+        Command::Bench(args) => bench::run(args),
     }
-}
-
-fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    use sockeye_bench::{fanout::FanoutConfig, idle::IdleConfig, Scenario, Target};
-    let secs = std::time::Duration::from_secs_f64;
-    let scenario = match args.scenario {
-        BenchScenario::Fanout {
-            url,
-            protocol,
-            subscribers,
-            size,
-            duration,
-            warmup,
-            rate,
-            window,
-            server_pid,
-        } => Scenario::Fanout(FanoutConfig {
-            protocol,
-            subscribers,
-            size,
-            duration: secs(duration),
-            warmup: secs(warmup),
-            rate,
-            window,
-            server_pid,
-            ..FanoutConfig::new(Target::parse(&url)?)
-        }),
-        BenchScenario::Idle {
-            url,
-            protocol,
-            connections,
-            server_pid,
-            hold,
-            topics,
-        } => Scenario::Idle(IdleConfig {
-            protocol,
-            connections,
-            server_pid,
-            hold: secs(hold),
-            topics,
-            ..IdleConfig::new(Target::parse(&url)?)
-        }),
-    };
-    let report = sockeye_bench::run(&scenario)?;
-    if args.json {
-        println!("{}", report.to_json());
-    } else {
-        println!("{report}");
-    }
-    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

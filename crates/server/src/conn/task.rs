@@ -1,8 +1,10 @@
 //! The task that owns one connection's socket: reads messages and calls the
 //! handlers, writes the queue, and enforces the endpoint's timers and limits.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::Stream;
@@ -259,33 +261,46 @@ where
             queue.bytes = queue.bytes.saturating_sub(item.len());
             item
         };
-        let write = async {
-            match item {
-                Outbound::Message(message) => {
-                    conn.shared.endpoint.metrics.message_out(message.len());
-                    Ok(ws.feed(message).await)
-                }
-                Outbound::Publication(publication) => match publication.prepared.get() {
-                    Some(prepared) => {
-                        conn.shared.endpoint.metrics.message_out(prepared.len());
-                        Ok(ws.feed_prepared(prepared).await)
+        // The write borrows `ws`; it ends with this block.
+        let step = {
+            let write = async {
+                match item {
+                    Outbound::Message(message) => {
+                        conn.shared.endpoint.metrics.message_out(message.len());
+                        Ok(ws.feed(message).await)
                     }
-                    None => Ok(Ok(())),
+                    Outbound::Publication(publication) => match publication.prepared.get() {
+                        Some(prepared) => {
+                            conn.shared.endpoint.metrics.message_out(prepared.len());
+                            Ok(ws.feed_prepared(prepared).await)
+                        }
+                        None => Ok(Ok(())),
+                    },
+                    Outbound::Close(frame) => Err(frame),
+                }
+            };
+            let mut write = std::pin::pin!(write);
+            // Most writes finish at once (`feed` copies into the write buffer
+            // and writes only past its high mark): poll the write alone first,
+            // and watch for a close request or shutdown only when it has to
+            // wait, instead of building and dropping those futures per item.
+            let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+            match first {
+                Poll::Ready(Ok(result)) => Step::Wrote(result),
+                Poll::Ready(Err(frame)) => Step::Close(frame),
+                // (`drive` reads the flag itself after each drain: marking the
+                // value seen here loses nothing.)
+                Poll::Pending => tokio::select! {
+                    biased;
+                    written = write.as_mut() => match written {
+                        Ok(result) => Step::Wrote(result),
+                        Err(frame) => Step::Close(frame),
+                    },
+                    _ = conn.shared.close_requested.notified() => Step::CloseRequested,
+                    // (With every sender gone, `wait_for` fails: that is no shutdown.)
+                    Ok(_) = shutdown.wait_for(|down| *down) => Step::ShuttingDown,
                 },
-                Outbound::Close(frame) => Err(frame),
             }
-        };
-        // (`drive` reads the flag itself after each drain: marking the
-        // value seen here loses nothing.)
-        let step = tokio::select! {
-            biased;
-            written = write => match written {
-                Ok(result) => Step::Wrote(result),
-                Err(frame) => Step::Close(frame),
-            },
-            _ = conn.shared.close_requested.notified() => Step::CloseRequested,
-            // (With every sender gone, `wait_for` fails: that is no shutdown.)
-            Ok(_) = shutdown.wait_for(|down| *down) => Step::ShuttingDown,
         };
         match step {
             Step::Wrote(result) => {
