@@ -191,7 +191,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         if buf.is_empty() && buf.capacity() > KEEP_READ_CAPACITY {
             *buf = bytes::BytesMut::new();
         }
-        buf.reserve(want);
+        // Room for the rest of a frame in progress, so that it arrives whole
+        // in one buffer (and leaves it without a copy).
+        let hint = self.conn.read_hint();
+        let buf = self.conn.read_buf();
+        buf.reserve(want.max(hint));
         // tokio-util fills the spare capacity without exposing uninitialised bytes.
         let n = ready!(tokio_util::io::poll_read_buf(
             Pin::new(&mut self.io),

@@ -173,6 +173,21 @@ impl Connection {
         &mut self.read
     }
 
+    /// How many more bytes the frame in progress needs before it can be
+    /// handled; reserve at least this much in [`Connection::read_buf`]. 0
+    /// when no frame is partly received.
+    pub fn read_hint(&self) -> usize {
+        self.frame.as_ref().map_or(0, |frame| {
+            if frame.header.payload_len > recv::WAIT_WHOLE_MAX {
+                return 0;
+            }
+            let remaining = frame.header.payload_len - frame.consumed;
+            usize::try_from(remaining)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(self.read.len())
+        })
+    }
+
     /// Copies received bytes in. Call [`Connection::poll_message`] after.
     pub fn receive(&mut self, data: &[u8]) {
         if self.state != State::Closed {
