@@ -59,6 +59,7 @@ mod route;
 mod server;
 
 pub use config::{ClientChoice, ProxyConfig};
+pub use dial::{BackendIo, ConnectFuture, Connector};
 pub use error::Error;
 pub use metrics::{ProxyMetrics, Refusal};
 pub use observer::{
@@ -66,4 +67,4 @@ pub use observer::{
     ResponseMeta, ResponseSource,
 };
 pub use route::{AllowedBackend, Backend, Route};
-pub use server::{serve, Proxy};
+pub use server::{serve, BoxError, Proxy, ProxyBody};
