@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 mod connect;
+mod tunnel;
 
 use connect::ConnectArgs;
 
@@ -26,6 +27,12 @@ enum Command {
     Connect(ConnectArgs),
     /// Load generator: fan-out and idle-connection scenarios against a ws:// URL.
     Bench(BenchArgs),
+    /// The public side of tunnels: NAME.DOMAIN reaches the agent holding NAME.
+    TunnelServer(tunnel::TunnelServerArgs),
+    /// Expose a local HTTP/WebSocket server through a tunnel server.
+    Http(tunnel::HttpArgs),
+    /// Start tunnels from sockeye.toml (--all, or by name).
+    Start(tunnel::StartArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -159,6 +166,11 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(tokio::runtime::Runtime::new()?.block_on(connect::run(args)))
         }
         Command::Bench(args) => bench(args),
+        Command::TunnelServer(args) => {
+            tokio::runtime::Runtime::new()?.block_on(tunnel::tunnel_server(args))
+        }
+        Command::Http(args) => tokio::runtime::Runtime::new()?.block_on(tunnel::http(args)),
+        Command::Start(args) => tokio::runtime::Runtime::new()?.block_on(tunnel::start(args)),
     }
 }
 
