@@ -199,7 +199,7 @@ async fn basic_auth_is_enforced_at_the_public_side() {
 
     // An upgrade without credentials is refused the same way.
     let refused = ws_connect(&server, "private", "/", sockeye::Config::default()).await;
-    let err = refused.err().expect("refused").to_string();
+    let err = refused.expect_err("refused").to_string();
     assert!(err.contains("401"), "{err}");
 }
 
@@ -314,12 +314,9 @@ async fn a_stalled_stream_does_not_stall_another() {
     });
     // Wait until it is genuinely stuck: no progress for a while after some.
     within(progress.recv()).await.unwrap();
-    loop {
-        match tokio::time::timeout(std::time::Duration::from_millis(300), progress.recv()).await {
-            Ok(Some(_)) => continue,
-            _ => break,
-        }
-    }
+    while let Ok(Some(_)) =
+        tokio::time::timeout(std::time::Duration::from_millis(300), progress.recv()).await
+    {}
 
     // Another WebSocket on the same link still echoes promptly.
     let (mut ws, _) = ws_connect(&server, "ws-app", "/echo", sockeye::Config::default())
