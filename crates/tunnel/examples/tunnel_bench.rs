@@ -31,6 +31,8 @@ struct Args {
     seconds: f64,
     round_trips: usize,
     concurrent: usize,
+    /// Measure only through the tunnel (for profiling).
+    tunnel_only: bool,
 }
 
 fn parse() -> Args {
@@ -42,6 +44,7 @@ fn parse() -> Args {
         seconds: 5.0,
         round_trips: 5000,
         concurrent: 1000,
+        tunnel_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -54,6 +57,7 @@ fn parse() -> Args {
             "--seconds" => args.seconds = value().parse().expect("S"),
             "--round-trips" => args.round_trips = value().parse().expect("N"),
             "--concurrent" => args.concurrent = value().parse().expect("N"),
+            "--tunnel-only" => args.tunnel_only = true,
             other => panic!("unknown flag {other}"),
         }
     }
@@ -241,7 +245,12 @@ fn main() {
             host: Some(format!("bench.tunnel.localhost:{}", server_addr.port())),
         };
         println!("{args:?}");
-        for (name, target) in [("direct", &direct), ("tunnel", &tunnel)] {
+        let targets = if args.tunnel_only {
+            vec![("tunnel", &tunnel)]
+        } else {
+            vec![("direct", &direct), ("tunnel", &tunnel)]
+        };
+        for (name, target) in targets {
             let (small, _) = throughput(
                 target,
                 args.connections,

@@ -177,3 +177,70 @@ impl<S: AsyncRead + AsyncWrite + Unpin> futures_io::AsyncWrite for WsIo<S> {
             .map_err(io::Error::other)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::{AsyncReadExt, AsyncWriteExt};
+    use sockeye::Role;
+
+    use super::*;
+
+    fn pair() -> (
+        WebSocket<tokio::io::DuplexStream>,
+        WebSocket<tokio::io::DuplexStream>,
+    ) {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let config = sockeye::Config::default();
+        (
+            WebSocket::from_raw(a, Role::Client, config.clone(), None),
+            WebSocket::from_raw(b, Role::Server, config, None),
+        )
+    }
+
+    #[tokio::test]
+    async fn bytes_cross_in_binary_messages() {
+        let (a, b) = pair();
+        let (mut a, mut b) = (WsIo::new(a, None), WsIo::new(b, None));
+        a.write_all(b"hello ").await.unwrap();
+        a.write_all(b"world").await.unwrap();
+        a.flush().await.unwrap();
+        let mut buf = [0u8; 11];
+        b.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello world");
+    }
+
+    #[tokio::test]
+    async fn a_silent_peer_is_pinged_then_declared_dead() {
+        let (a, b) = pair();
+        let keepalive = Duration::from_millis(40);
+        let mut a = WsIo::new(a, Some(keepalive));
+        // A peer that answers pings keeps the link alive past 3 × keepalive.
+        let mut b = WsIo::new(b, None);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let answering = tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            tokio::select! {
+                _ = b.read(&mut buf) => {}
+                _ = stopped => {}
+            }
+            b
+        });
+        let mut buf = [0u8; 16];
+        let alive = tokio::time::timeout(keepalive * 6, a.read(&mut buf)).await;
+        assert!(alive.is_err(), "still waiting: the pongs kept it alive");
+        // A peer that stops reading (but keeps the connection): no pong,
+        // and the link is declared dead.
+        let _ = stop.send(());
+        let _silent = answering.await.unwrap();
+        let started = Instant::now();
+        let dead = tokio::time::timeout(Duration::from_secs(5), a.read(&mut buf))
+            .await
+            .expect("declared dead in time");
+        assert_eq!(dead.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert!(
+            started.elapsed() <= keepalive * 5,
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}

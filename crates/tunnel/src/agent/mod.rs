@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::inspect::{Inspector, InspectorConfig, LinkStatus, TunnelInfo};
 use crate::link::WsIo;
-use crate::mux;
+use crate::mux::{self, SPLIT_SEND_SIZE};
 use crate::protocol::{
     self, Granted, Hello, ServerMessage, TunnelRequest, CONTROL_PATH, MAX_CONTROL_MESSAGE, VERSION,
 };
@@ -519,7 +519,8 @@ impl Agent {
         // The server bounds the streams; the agent takes what it opens.
         config
             .set_max_connection_receive_window(None)
-            .set_max_num_streams(1 << 20);
+            .set_max_num_streams(1 << 20)
+            .set_split_send_size(SPLIT_SEND_SIZE);
         let driven = mux::drive(io, config, yamux::Mode::Client, requests, move |stream| {
             tokio::spawn(serve_stream(stream, Arc::clone(&serving)));
         });

@@ -191,7 +191,8 @@ where
     let mut yamux_config = yamux::Config::default();
     yamux_config
         .set_max_connection_receive_window(Some(yamux_streams * 256 * 1024))
-        .set_max_num_streams(yamux_streams);
+        .set_max_num_streams(yamux_streams)
+        .set_split_send_size(crate::mux::SPLIT_SEND_SIZE);
     let (opener, requests) = mux::channel();
     let claimed = shared.registry.claim(ClaimRequest {
         session: &hello.session,

@@ -294,3 +294,94 @@ fn random_name(state: &State) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(name: &str) -> Vec<TunnelRequest> {
+        vec![TunnelRequest {
+            name: Some(name.to_owned()),
+            auth: None,
+        }]
+    }
+
+    fn claim(
+        registry: &Registry,
+        session: &str,
+        token: &str,
+        tunnels: &[TunnelRequest],
+    ) -> (Result<Claimed, Refusal>, crate::mux::Requests) {
+        let (opener, requests) = crate::mux::channel();
+        let claimed = registry.claim(ClaimRequest {
+            session,
+            token: Some(token),
+            tunnels,
+            opener,
+            slots: Arc::new(Semaphore::new(8)),
+            bytes_per_second: None,
+        });
+        (claimed, requests)
+    }
+
+    #[tokio::test]
+    async fn a_held_name_is_refused_to_others_and_taken_over_by_its_session() {
+        let registry = Registry::new(10, Duration::from_secs(60));
+        let (first, _link1) = claim(&registry, "session-a", "t", &request("ws-app"));
+        let first = first.unwrap();
+        let (other, _link2) = claim(&registry, "session-b", "t", &request("ws-app"));
+        let other = other.unwrap_err();
+        assert!(
+            other.reason.contains("in use by another agent"),
+            "{}",
+            other.reason
+        );
+        assert!(!other.retry);
+
+        // The same agent reconnecting before the old link was noticed dead.
+        let (again, _link3) = claim(&registry, "session-a", "t", &request("ws-app"));
+        let again = again.unwrap();
+        assert!(first.kick.is_cancelled(), "the old link is ended");
+        assert_eq!(again.names, ["ws-app"]);
+        // Ending the old link afterwards does not release the new one's name.
+        registry.release(first.agent);
+        assert!(matches!(registry.lookup("ws-app"), Lookup::Live(_)));
+        assert_eq!(registry.agents(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_released_name_is_kept_for_its_token_for_the_grace_period() {
+        let registry = Registry::new(10, Duration::from_secs(60));
+        let (first, _link) = claim(&registry, "session-a", "t1", &request("ws-app"));
+        registry.release(first.unwrap().agent);
+        assert!(matches!(registry.lookup("ws-app"), Lookup::Gone(_)));
+        assert!(matches!(registry.lookup("never"), Lookup::Unknown));
+
+        let (other, _link) = claim(&registry, "session-b", "t2", &request("ws-app"));
+        let other = other.unwrap_err();
+        assert!(other.reason.contains("kept for it"), "{}", other.reason);
+        assert!(other.retry);
+        // A restarted agent (new session, same token) gets it back.
+        let (back, _link) = claim(&registry, "session-c", "t1", &request("ws-app"));
+        assert_eq!(back.unwrap().names, ["ws-app"]);
+    }
+
+    #[tokio::test]
+    async fn limits_and_bad_names() {
+        let registry = Registry::new(1, Duration::from_secs(60));
+        let (bad, _link) = claim(&registry, "s", "t", &request("Bad_Name"));
+        assert!(bad.unwrap_err().reason.contains("invalid subdomain"));
+        let twice = [request("a"), request("a")].concat();
+        let (twice, _link) = claim(&registry, "s", "t", &twice);
+        assert!(twice.unwrap_err().reason.contains("asked for twice"));
+        let (one, _link1) = claim(&registry, "s1", "t", &request("one"));
+        one.unwrap();
+        let (full, _link2) = claim(&registry, "s2", "t", &request("two"));
+        let full = full.unwrap_err();
+        assert!(
+            full.retry && full.reason.contains("limit of 1 agents"),
+            "{}",
+            full.reason
+        );
+    }
+}
