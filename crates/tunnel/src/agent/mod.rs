@@ -212,6 +212,19 @@ impl AgentHandle {
         Ok(status.tunnels.clone())
     }
 
+    /// Waits until the status satisfies `check` (it is checked now, then
+    /// at every change); fails if the agent stops first.
+    pub async fn wait_for(
+        &mut self,
+        check: impl FnMut(&AgentStatus) -> bool,
+    ) -> Result<AgentStatus, Error> {
+        self.status
+            .wait_for(check)
+            .await
+            .map(|status| status.clone())
+            .map_err(|_| Error::Link("the agent stopped".into()))
+    }
+
     /// The status now.
     pub fn status(&self) -> AgentStatus {
         self.status.borrow().clone()
