@@ -51,4 +51,4 @@ mod server;
 pub use agent::{Agent, AgentConfig, AgentHandle, AgentStatus, TunnelConfig};
 pub use config::FileConfig;
 pub use error::Error;
-pub use server::{ServerConfig, TunnelServer};
+pub use server::{ServerConfig, TunnelServer, MAX_STREAMS_PER_AGENT};

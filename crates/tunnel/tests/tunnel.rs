@@ -391,3 +391,136 @@ async fn the_bandwidth_limit_holds() {
         "{elapsed:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reconnects_and_keeps_its_random_name() {
+    let first = default_server().await;
+    let addr = first.addr;
+    let web = http_local().await;
+    let agent = start_agent(agent_config(
+        &first,
+        vec![TunnelConfig::new(web.port().to_string())],
+    ));
+    let mut handle = agent.handle.clone();
+    let name = within(handle.connected()).await.unwrap()[0].name.clone();
+
+    // The server goes away: the agent says it is reconnecting.
+    drop(first);
+    let status = within(handle.wait_for(|s| {
+        matches!(
+            s.link,
+            sockeye_tunnel::inspect::LinkStatus::Reconnecting { .. }
+        )
+    }))
+    .await
+    .unwrap();
+    assert_eq!(status.tunnels[0].name, name);
+
+    // A new server on the same address: the agent is back under the same name.
+    let second = server_at(addr, ServerConfig::new(DOMAIN).token(TOKEN)).await;
+    let granted = within(handle.connected()).await.unwrap();
+    assert_eq!(granted[0].name, name);
+    let (status, body) = get(second.addr, &second.host(&name), "/hello").await;
+    assert_eq!(
+        (status.as_u16(), body.as_str()),
+        (200, "hello from the laptop")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_limit_per_agent_refuses_one_request_not_the_link() {
+    let server = server(
+        ServerConfig::new(DOMAIN)
+            .token(TOKEN)
+            .max_streams_per_agent(2),
+    )
+    .await;
+    let local = ws_local().await;
+    let agent = start_agent(agent_config(
+        &server,
+        vec![TunnelConfig::new(local.addr.port().to_string()).subdomain("ws-app")],
+    ));
+    within(agent.handle.clone().connected()).await.unwrap();
+    let config = sockeye::Config::default;
+    let (mut one, _) = ws_connect(&server, "ws-app", "/", config()).await.unwrap();
+    let (two, _) = ws_connect(&server, "ws-app", "/", config()).await.unwrap();
+    let third = ws_connect(&server, "ws-app", "/", config()).await;
+    let err = third.expect_err("over the limit").to_string();
+    assert!(err.contains("502"), "{err}");
+    let (status, body) = get(server.addr, &server.host("ws-app"), "/").await;
+    assert_eq!(status, 502);
+    assert!(
+        body.contains("2 streams open, the server's limit per agent"),
+        "{body}"
+    );
+
+    // The others are unaffected, and a slot freed is usable again.
+    one.send("still here").await.unwrap();
+    assert_eq!(next_data(&mut one).await, Message::text("still here"));
+    drop(two);
+    let (server_addr, host) = (server.addr, server.host("ws-app"));
+    eventually(move || {
+        let host = host.clone();
+        async move {
+            let config = sockeye::Config::default().header(
+                http::header::HOST,
+                http::HeaderValue::from_str(&host).unwrap(),
+            );
+            sockeye::connect_with(&format!("ws://{server_addr}/"), &config)
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_websockets_through_one_agent() {
+    const N: usize = 1000;
+    let server = default_server().await;
+    let local = ws_local().await;
+    let agent = start_agent(agent_config(
+        &server,
+        vec![TunnelConfig::new(local.addr.port().to_string()).subdomain("many")],
+    ));
+    within(agent.handle.clone().connected()).await.unwrap();
+    let (echoed_tx, mut echoed) = tokio::sync::mpsc::channel(N);
+    let release = tokio_util::sync::CancellationToken::new();
+    let mut tasks = Vec::new();
+    let addr = server.addr;
+    let host = server.host("many");
+    for i in 0..N {
+        let (echoed_tx, release, host) = (echoed_tx.clone(), release.clone(), host.clone());
+        tasks.push(tokio::spawn(async move {
+            let config = sockeye::Config::default().header(
+                http::header::HOST,
+                http::HeaderValue::from_str(&host).unwrap(),
+            );
+            let (mut ws, _) = sockeye::connect_with(&format!("ws://{addr}/"), &config)
+                .await
+                .expect("connect");
+            let text = format!("connection {i}");
+            ws.send(text.as_str()).await.unwrap();
+            let back = ws.recv().await;
+            let _ = echoed_tx
+                .send(matches!(back, Some(Ok(Message::Text(t))) if t.as_str() == text))
+                .await;
+            release.cancelled().await;
+        }));
+    }
+    let all = within(async {
+        let mut ok = 0;
+        for _ in 0..N {
+            ok += usize::from(echoed.recv().await == Some(true));
+        }
+        ok
+    })
+    .await;
+    assert_eq!(all, N);
+    // All of them open at once through the one agent.
+    assert_eq!(agent.handle.counts().1, N as u64);
+    release.cancel();
+    for task in tasks {
+        within(task).await.unwrap();
+    }
+}

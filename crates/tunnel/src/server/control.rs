@@ -189,9 +189,12 @@ where
     // its limit is hit, while ours refuses one request.
     let yamux_streams = max_streams + 64;
     let mut yamux_config = yamux::Config::default();
+    // yamux asserts window >= 256 KiB x streams after each setter: lift the
+    // window, set the streams, then bound the window.
     yamux_config
-        .set_max_connection_receive_window(Some(yamux_streams * 256 * 1024))
+        .set_max_connection_receive_window(None)
         .set_max_num_streams(yamux_streams)
+        .set_max_connection_receive_window(Some(yamux_streams.saturating_mul(256 * 1024)))
         .set_split_send_size(crate::mux::SPLIT_SEND_SIZE);
     let (opener, requests) = mux::channel();
     let claimed = shared.registry.claim(ClaimRequest {

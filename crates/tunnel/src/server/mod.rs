@@ -42,6 +42,9 @@ tokio::task_local! {
     static CLIENT: SocketAddr;
 }
 
+/// The highest [`ServerConfig::max_streams_per_agent`] accepted.
+pub const MAX_STREAMS_PER_AGENT: usize = 1 << 16;
+
 /// How the tunnel server admits agents and serves the public.
 ///
 /// ```
@@ -142,9 +145,9 @@ impl ServerConfig {
         self
     }
 
-    /// Sets the limit on streams per agent.
+    /// Sets the limit on streams per agent (1 to [`MAX_STREAMS_PER_AGENT`]).
     pub fn max_streams_per_agent(mut self, n: usize) -> Self {
-        self.max_streams_per_agent = n.max(1);
+        self.max_streams_per_agent = n.clamp(1, MAX_STREAMS_PER_AGENT);
         self
     }
 
@@ -239,6 +242,11 @@ impl Connector for TunnelConnector {
 impl TunnelServer {
     /// A server with `config`.
     pub fn new(config: ServerConfig) -> Result<TunnelServer, Error> {
+        if !(1..=MAX_STREAMS_PER_AGENT).contains(&config.max_streams_per_agent) {
+            return Err(Error::Config(format!(
+                "max streams per agent must be 1 to {MAX_STREAMS_PER_AGENT}"
+            )));
+        }
         if config.domain.is_empty() {
             return Err(Error::Config("the tunnel server needs --domain".into()));
         }

@@ -45,7 +45,12 @@ impl Server {
 }
 
 pub async fn server(config: ServerConfig) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    server_at("127.0.0.1:0".parse().unwrap(), config).await
+}
+
+/// A tunnel server on `addr` (a port freed by a stopped one, say).
+pub async fn server_at(addr: SocketAddr, config: ServerConfig) -> Server {
+    let listener = TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = TunnelServer::new(config).unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
