@@ -104,6 +104,21 @@ async fn echo_server() -> SocketAddr {
     addr
 }
 
+/// This process's CPU time (user + system), from /proc (Linux); zero elsewhere.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    // USER_HZ is 100 on every Linux this runs on.
+    Duration::from_millis(ticks * 10)
+}
+
 /// Echoes per second and bytes per second with `connections` × `in_flight`
 /// messages of `size` bytes always in flight.
 async fn throughput(
@@ -112,7 +127,7 @@ async fn throughput(
     in_flight: usize,
     size: usize,
     seconds: f64,
-) -> (f64, f64) {
+) -> (f64, f64, Duration) {
     let echoes = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -140,15 +155,22 @@ async fn throughput(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let start_count = echoes.load(Ordering::Relaxed);
     let started = Instant::now();
+    let cpu = cpu_time();
     tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
     let count = echoes.load(Ordering::Relaxed) - start_count;
+    let cpu = cpu_time().saturating_sub(cpu);
     let elapsed = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.abort();
     }
     let per_second = count as f64 / elapsed;
-    (per_second, per_second * size as f64 * 2.0 / 1e6)
+    let cpu_per_echo = cpu / (count.max(1) as u32);
+    (
+        per_second,
+        per_second * size as f64 * 2.0 / 1e6,
+        cpu_per_echo,
+    )
 }
 
 /// Round-trip times of one message at a time, sorted.
@@ -186,18 +208,18 @@ async fn concurrent(target: &Target, n: usize) -> (Duration, usize) {
     let started = Instant::now();
     let mut tasks = Vec::new();
     let (ready_tx, mut ready) = tokio::sync::mpsc::channel(n);
-    let release = Arc::new(tokio::sync::Notify::new());
+    let release = tokio_util::sync::CancellationToken::new();
     for i in 0..n {
         let target = target.clone();
         let ready_tx = ready_tx.clone();
-        let release = Arc::clone(&release);
+        let release = release.clone();
         tasks.push(tokio::spawn(async move {
             let mut ws = target.connect().await;
             let text = format!("connection {i}");
             ws.send(text.as_str()).await.unwrap();
             let ok = matches!(ws.recv().await, Some(Ok(Message::Text(t))) if t.as_str() == text);
             let _ = ready_tx.send(ok).await;
-            release.notified().await;
+            release.cancelled().await;
             drop(ws);
         }));
     }
@@ -208,7 +230,7 @@ async fn concurrent(target: &Target, n: usize) -> (Duration, usize) {
         }
     }
     let elapsed = started.elapsed();
-    release.notify_waiters();
+    release.cancel();
     for task in tasks {
         task.abort();
     }
@@ -251,7 +273,7 @@ fn main() {
             vec![("direct", &direct), ("tunnel", &tunnel)]
         };
         for (name, target) in targets {
-            let (small, _) = throughput(
+            let (small, _, cpu) = throughput(
                 target,
                 args.connections,
                 args.in_flight,
@@ -259,10 +281,11 @@ fn main() {
                 args.seconds,
             )
             .await;
-            let (_, bulk) = throughput(target, 4, 2, args.bulk_size, args.seconds).await;
+            let (_, bulk, _) = throughput(target, 4, 2, args.bulk_size, args.seconds).await;
             let times = round_trips(target, args.round_trips).await;
             println!(
-                "{name}: {small:.0} echoes/s ({} conns x {} in flight x {} B), bulk {bulk:.0} MB/s \
+                "{name}: {small:.0} echoes/s ({} conns x {} in flight x {} B, {cpu:?} CPU per echo), \
+                 bulk {bulk:.0} MB/s \
                  (4 conns x 2 x {} B), round trip p50 {:?} p99 {:?}",
                 args.connections,
                 args.in_flight,

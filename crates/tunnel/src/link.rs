@@ -11,6 +11,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -39,6 +41,8 @@ pub(crate) struct WsIo<S> {
     last_heard: Instant,
     ping_due: bool,
     eof: bool,
+    /// While set, a flush only gathers (see [`WsIo::batching`]).
+    batching: Arc<AtomicBool>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WsIo<S> {
@@ -57,7 +61,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsIo<S> {
             last_heard: now,
             ping_due: false,
             eof: false,
+            batching: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// A flag that, while set, makes `poll_flush` keep what was written in
+    /// the gathering buffer instead of sending it. yamux flushes after
+    /// every frame; its driver sets this while it works through everything
+    /// ready, then clears it and polls once more, so that all the frames of
+    /// one pass leave in one message and one write.
+    pub(crate) fn batching(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.batching)
     }
 
     fn poll_keepalive(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
@@ -163,6 +177,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> futures_io::AsyncWrite for WsIo<S> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.batching.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
         ready!(this.poll_send_pending(cx))?;
         Pin::new(&mut this.ws)
             .poll_flush(cx)

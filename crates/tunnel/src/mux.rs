@@ -7,6 +7,8 @@
 //! ```
 
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::Poll;
 
 use futures_io::{AsyncRead, AsyncWrite};
@@ -60,8 +62,13 @@ pub(crate) fn channel() -> (Opener, Requests) {
 /// Runs a yamux connection over `io` until it ends: opens the streams asked for through
 /// its [`Opener`], hands every inbound stream to `on_inbound`, and moves
 /// all their bytes. Returns why it ended.
+///
+/// Each wake-up is two passes: the first with `batching` set (the link
+/// gathers every frame written instead of sending each on yamux's flush),
+/// the second with it clear, which sends what was gathered in one message.
 pub(crate) async fn drive<T>(
     io: T,
+    batching: Arc<AtomicBool>,
     config: yamux::Config,
     mode: yamux::Mode,
     mut requests: Requests,
@@ -100,14 +107,18 @@ where
                 }
             }
         }
-        loop {
-            match connection.poll_next_inbound(cx) {
-                Poll::Ready(Some(Ok(stream))) => on_inbound(stream),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-                Poll::Ready(None) => return Poll::Ready(Ok(())),
-                Poll::Pending => return Poll::Pending,
+        for batch in [true, false] {
+            batching.store(batch, Ordering::Relaxed);
+            loop {
+                match connection.poll_next_inbound(cx) {
+                    Poll::Ready(Some(Ok(stream))) => on_inbound(stream),
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                    Poll::Ready(None) => return Poll::Ready(Ok(())),
+                    Poll::Pending => break,
+                }
             }
         }
+        Poll::Pending
     })
     .await
 }

@@ -527,6 +527,7 @@ impl Agent {
         serving: Arc<HashMap<String, Serving>>,
     ) -> String {
         let io = WsIo::new(ws, Some(self.config.keepalive));
+        let batching = io.batching();
         let (_opener, requests) = mux::channel();
         let mut config = yamux::Config::default();
         // The server bounds the streams; the agent takes what it opens.
@@ -534,9 +535,16 @@ impl Agent {
             .set_max_connection_receive_window(None)
             .set_max_num_streams(1 << 20)
             .set_split_send_size(SPLIT_SEND_SIZE);
-        let driven = mux::drive(io, config, yamux::Mode::Client, requests, move |stream| {
-            tokio::spawn(serve_stream(stream, Arc::clone(&serving)));
-        });
+        let driven = mux::drive(
+            io,
+            batching,
+            config,
+            yamux::Mode::Client,
+            requests,
+            move |stream| {
+                tokio::spawn(serve_stream(stream, Arc::clone(&serving)));
+            },
+        );
         match driven.await {
             Ok(()) => "the server closed the link".to_owned(),
             Err(e) => format!("link failed: {e}"),

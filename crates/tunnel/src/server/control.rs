@@ -231,10 +231,18 @@ where
         let urls: Vec<&str> = tunnels.iter().map(|t| t.url.as_str()).collect();
         info!(%remote, agent = claimed.agent, "agent connected: {}", urls.join(", "));
         let io = WsIo::new(ws, Some(shared.config.keepalive));
-        let driven = mux::drive(io, yamux_config, yamux::Mode::Server, requests, |stream| {
-            // The agent never opens streams: refuse by dropping.
-            drop(stream)
-        });
+        let batching = io.batching();
+        let driven = mux::drive(
+            io,
+            batching,
+            yamux_config,
+            yamux::Mode::Server,
+            requests,
+            |stream| {
+                // The agent never opens streams: refuse by dropping.
+                drop(stream)
+            },
+        );
         let ended = tokio::select! {
             result = driven => match result {
                 Ok(()) => "the agent closed the link".to_owned(),
