@@ -113,7 +113,7 @@ async fn websocket_handshake_is_end_to_end_and_frames_flow_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_keepalive_streaming_and_large_upload() {
     let server = default_server().await;
-    let web = http_local().await;
+    let (web, gate) = http_local_with_gate().await;
     let agent = start_agent(agent_config(
         &server,
         vec![TunnelConfig::new(web.port().to_string()).subdomain("web")],
@@ -131,6 +131,29 @@ async fn plain_http_keepalive_streaming_and_large_upload() {
     let (status, _, body) = client.get(&host, "/stream", &[]).await;
     assert_eq!(status, 200);
     assert_eq!(body, "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n");
+
+    // A streamed response arrives piece by piece, not buffered at either hop.
+    let request = http::Request::get("/live")
+        .header("host", &host)
+        .body(Full::default())
+        .unwrap();
+    let mut body = client.send(request).await.into_body();
+    let first = within(body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert_eq!(first, "first\n");
+    gate.notify_one();
+    let second = within(body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert_eq!(second, "second\n");
+    assert!(within(body.frame()).await.is_none());
 
     // A 32 MiB upload, streamed through both hops.
     let upload: Vec<u8> = (0..32u32 << 20).map(|i| (i % 253) as u8).collect();

@@ -168,8 +168,39 @@ pub async fn echo(mut ws: WebSocket<TcpStream>) {
 /// request's headers as text), `/stream` (five chunks, one per event),
 /// `POST /upload` (answers the byte count and a checksum).
 pub async fn http_local() -> SocketAddr {
+    http_local_with_gate().await.0
+}
+
+/// [`http_local`], plus `/live`: sends `first` at once, then `second` only
+/// once the returned gate is opened (so a client that sees `first` before
+/// opening it proves the response is streamed, not buffered).
+pub async fn http_local_with_gate() -> (SocketAddr, Arc<tokio::sync::Notify>) {
     use axum::routing::{get, post};
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let live_gate = Arc::clone(&gate);
     let app = axum::Router::new()
+        .route(
+            "/live",
+            get(move || {
+                let gate = Arc::clone(&live_gate);
+                async move {
+                    let chunks = futures_util::stream::unfold(0, move |step| {
+                        let gate = Arc::clone(&gate);
+                        async move {
+                            match step {
+                                0 => Some((Ok::<_, std::io::Error>(Bytes::from("first\n")), 1)),
+                                1 => {
+                                    gate.notified().await;
+                                    Some((Ok(Bytes::from("second\n")), 2))
+                                }
+                                _ => None,
+                            }
+                        }
+                    });
+                    axum::body::Body::from_stream(chunks)
+                }
+            }),
+        )
         .route("/hello", get(|| async { "hello from the laptop" }))
         .route(
             "/headers",
@@ -203,7 +234,7 @@ pub async fn http_local() -> SocketAddr {
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    addr
+    (addr, gate)
 }
 
 /// An HTTP/1.1 connection to `addr` for requests with an explicit Host.
