@@ -547,3 +547,26 @@ async fn a_thousand_websockets_through_one_agent() {
         within(task).await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_shutting_down_closes_websockets_with_1001() {
+    let server = default_server().await;
+    let local = ws_local().await;
+    let (agent, stop) = start_agent_until(agent_config(
+        &server,
+        vec![TunnelConfig::new(local.addr.port().to_string()).subdomain("ws-app")],
+    ));
+    within(agent.handle.clone().connected()).await.unwrap();
+    let (mut ws, _) = ws_connect(&server, "ws-app", "/", sockeye::Config::default())
+        .await
+        .unwrap();
+    ws.send("before").await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("before"));
+
+    stop.send(()).unwrap();
+    match next_data(&mut ws).await {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::GOING_AWAY),
+        other => panic!("expected 1001, got {other:?}"),
+    }
+    agent.stopped().await.unwrap();
+}

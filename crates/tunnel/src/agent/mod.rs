@@ -22,6 +22,7 @@ use sockeye_proxy::{Backend, ConnectFuture, Connector, Proxy, ProxyConfig};
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::inspect::{Inspector, InspectorConfig, LinkStatus, TunnelInfo};
@@ -347,43 +348,53 @@ impl Agent {
                 Arc::clone(&self.counters),
             ));
         }
+        let stopping = CancellationToken::new();
         let mut backoff = Duration::from_millis(250);
         let mut printed: Vec<Granted> = Vec::new();
         loop {
-            let link = async {
-                let (ws, granted) = self.handshake(&session, &requests).await?;
-                let map = match &serving {
-                    Some(map) => Arc::clone(map),
-                    None => {
-                        let map = Arc::new(self.proxies(&granted, &inspector)?);
-                        serving = Some(Arc::clone(&map));
-                        map
+            // The link borrows the loop's state; it ends with this block.
+            let outcome = {
+                let link = async {
+                    let (ws, granted) = self.handshake(&session, &requests).await?;
+                    let map = match &serving {
+                        Some(map) => Arc::clone(map),
+                        None => {
+                            let map = Arc::new(self.proxies(&granted, &inspector)?);
+                            serving = Some(Arc::clone(&map));
+                            map
+                        }
+                    };
+                    // Reconnections ask for the names granted, random ones included.
+                    for (request, granted) in requests.iter_mut().zip(&granted) {
+                        request.name = Some(granted.name.clone());
                     }
+                    if printed != granted {
+                        for (tunnel, config) in granted.iter().zip(&self.config.tunnels) {
+                            println!("{} -> {}", tunnel.url, config.local_url()?);
+                        }
+                        printed = granted.clone();
+                    }
+                    for tunnel in &granted {
+                        inspector.set_status(&tunnel.name, LinkStatus::Connected);
+                    }
+                    let connected_at = tokio::time::Instant::now();
+                    self.status.send_replace(AgentStatus {
+                        link: LinkStatus::Connected,
+                        tunnels: granted.clone(),
+                    });
+                    let ended = self.serve_link(ws, map, &stopping).await;
+                    Ok::<_, Error>((ended, connected_at.elapsed()))
                 };
-                // Reconnections ask for the names granted, random ones included.
-                for (request, granted) in requests.iter_mut().zip(&granted) {
-                    request.name = Some(granted.name.clone());
-                }
-                if printed != granted {
-                    for (tunnel, config) in granted.iter().zip(&self.config.tunnels) {
-                        println!("{} -> {}", tunnel.url, config.local_url()?);
+                tokio::pin!(link);
+                tokio::select! {
+                    _ = &mut shutdown => {
+                        stopping.cancel();
+                        // Bounded by the proxies' shutdown timeout (10 s).
+                        let _ = tokio::time::timeout(Duration::from_secs(11), link).await;
+                        return Ok(());
                     }
-                    printed = granted.clone();
+                    outcome = &mut link => outcome,
                 }
-                for tunnel in &granted {
-                    inspector.set_status(&tunnel.name, LinkStatus::Connected);
-                }
-                let connected_at = tokio::time::Instant::now();
-                self.status.send_replace(AgentStatus {
-                    link: LinkStatus::Connected,
-                    tunnels: granted.clone(),
-                });
-                let ended = self.serve_link(ws, map).await;
-                Ok::<_, Error>((ended, connected_at.elapsed()))
-            };
-            let outcome = tokio::select! {
-                _ = &mut shutdown => return Ok(()),
-                outcome = link => outcome,
             };
             let reason = match outcome {
                 Ok((reason, lasted)) => {
@@ -525,6 +536,7 @@ impl Agent {
         &self,
         ws: WebSocket<sockeye::MaybeTlsStream>,
         serving: Arc<HashMap<String, Serving>>,
+        stopping: &CancellationToken,
     ) -> String {
         let io = WsIo::new(ws, Some(self.config.keepalive));
         let batching = io.batching();
@@ -535,6 +547,7 @@ impl Agent {
             .set_max_connection_receive_window(None)
             .set_max_num_streams(1 << 20)
             .set_split_send_size(SPLIT_SEND_SIZE);
+        let inbound = Arc::clone(&serving);
         let driven = mux::drive(
             io,
             batching,
@@ -542,10 +555,26 @@ impl Agent {
             yamux::Mode::Client,
             requests,
             move |stream| {
-                tokio::spawn(serve_stream(stream, Arc::clone(&serving)));
+                tokio::spawn(serve_stream(stream, Arc::clone(&inbound)));
             },
         );
-        match driven.await {
+        tokio::pin!(driven);
+        let ended = tokio::select! {
+            ended = &mut driven => ended,
+            _ = stopping.cancelled() => {
+                // Close every relayed WebSocket with 1001 on both sides while
+                // the link still carries the close frames, then stop.
+                let closing = futures_util::future::join_all(
+                    serving.values().map(|tunnel| tunnel.proxy.shutdown()),
+                );
+                tokio::select! {
+                    _ = closing => {}
+                    _ = &mut driven => {}
+                }
+                return "shutting down".to_owned();
+            }
+        };
+        match ended {
             Ok(()) => "the server closed the link".to_owned(),
             Err(e) => format!("link failed: {e}"),
         }

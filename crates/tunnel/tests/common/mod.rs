@@ -103,6 +103,17 @@ pub fn agent_config(server: &Server, tunnels: Vec<TunnelConfig>) -> AgentConfig 
     config
 }
 
+/// Starts an agent that stops gracefully when the sender is used (or dropped).
+pub fn start_agent_until(config: AgentConfig) -> (RunningAgent, oneshot::Sender<()>) {
+    let agent = Agent::new(config).unwrap();
+    let handle = agent.handle();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(agent.run(async {
+        let _ = stopped.await;
+    }));
+    (RunningAgent { handle, task }, stop)
+}
+
 pub fn start_agent(config: AgentConfig) -> RunningAgent {
     let agent = Agent::new(config).unwrap();
     let handle = agent.handle();
