@@ -98,6 +98,10 @@ struct AgentFlags {
     /// Open the inspector in a browser (xdg-open/open), best effort.
     #[arg(long)]
     open: bool,
+    /// Reach the tunnel server through this proxy: http://[user:pass@]host:port or
+    /// socks5://host:port.
+    #[arg(long, value_name = "URL")]
+    proxy: Option<String>,
 }
 
 impl AgentFlags {
@@ -112,6 +116,11 @@ impl AgentFlags {
             }
         }
         config.open_browser = self.open;
+        if let Some(proxy) = &self.proxy {
+            config.proxy = Some(
+                sockeye::ProxyConfig::parse(proxy).with_context(|| format!("--proxy {proxy:?}"))?,
+            );
+        }
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 //! server = "https://tunnel.example.com"
 //! token = "s3cret"
 //! inspect = "127.0.0.1:4040"   # or "off"
+//! proxy = "http://proxy.corp:3128"  # optional: HTTP CONNECT or socks5://
 //!
 //! [tunnels.ws-app]
 //! port = 8080                  # or local = "localhost:8080"
@@ -34,6 +35,8 @@ pub struct FileConfig {
     pub token: Option<String>,
     /// The inspector's address, or `"off"`. Default `127.0.0.1:4040`.
     pub inspect: Option<String>,
+    /// Reach the server through this proxy (`http://…` or `socks5://…`).
+    pub proxy: Option<String>,
     /// The tunnels by name.
     #[serde(default)]
     pub tunnels: BTreeMap<String, FileTunnel>,
@@ -95,6 +98,12 @@ impl FileConfig {
                 ))
             })?),
         };
+        if let Some(proxy) = &self.proxy {
+            config.proxy = Some(
+                sockeye::ProxyConfig::parse(proxy)
+                    .map_err(|e| Error::Config(format!("proxy = {proxy:?}: {e}")))?,
+            );
+        }
         for name in names {
             if !self.tunnels.contains_key(name) {
                 let known: Vec<&str> = self.tunnels.keys().map(String::as_str).collect();

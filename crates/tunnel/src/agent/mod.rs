@@ -128,6 +128,9 @@ pub struct AgentConfig {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Keep a status line on stderr when it is a terminal. Default true.
     pub status_line: bool,
+    /// Reach the server through this HTTP `CONNECT` or SOCKS5 proxy.
+    /// Default `None`: directly (no environment variable is read).
+    pub proxy: Option<sockeye::ProxyConfig>,
 }
 
 impl AgentConfig {
@@ -143,6 +146,7 @@ impl AgentConfig {
             max_backoff: Duration::from_secs(30),
             tls: None,
             status_line: true,
+            proxy: None,
         }
     }
 
@@ -441,6 +445,7 @@ impl Agent {
         config.protocol.max_message_size = 1 << 20;
         config.handshake_timeout = Duration::from_secs(10);
         config.tls = self.config.tls.clone();
+        config.proxy = self.config.proxy.clone();
         let (mut ws, _) = sockeye::connect_with(&self.control_url, &config)
             .await
             .map_err(|source| Error::Connect {
