@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod connect;
+mod tunnel;
 
 use bench::BenchArgs;
 use connect::ConnectArgs;
@@ -28,6 +29,12 @@ enum Command {
     Connect(ConnectArgs),
     /// Load generator: echo, large-message, fan-out and idle-connection scenarios against a ws:// URL.
     Bench(BenchArgs),
+    /// The public side of tunnels: NAME.DOMAIN reaches the agent holding NAME.
+    TunnelServer(tunnel::TunnelServerArgs),
+    /// Expose a local HTTP/WebSocket server through a tunnel server.
+    Http(tunnel::HttpArgs),
+    /// Start tunnels from sockeye.toml (--all, or by name).
+    Start(tunnel::StartArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -96,6 +103,11 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(tokio::runtime::Runtime::new()?.block_on(connect::run(args)))
         }
         Command::Bench(args) => bench::run(args),
+        Command::TunnelServer(args) => {
+            tokio::runtime::Runtime::new()?.block_on(tunnel::tunnel_server(args))
+        }
+        Command::Http(args) => tokio::runtime::Runtime::new()?.block_on(tunnel::http(args)),
+        Command::Start(args) => tokio::runtime::Runtime::new()?.block_on(tunnel::start(args)),
     }
 }
 

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::dial::Connector;
 use crate::observer::{NoopObserver, Observer};
 use crate::route::{AllowedBackend, Backend, Route};
 use crate::Error;
@@ -78,6 +79,9 @@ pub struct ProxyConfig {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Sees requests, upgrades, frames and closes. Default [`NoopObserver`].
     pub observer: Arc<dyn Observer>,
+    /// Opens backend streams in place of the TCP (and TLS) dial. Default
+    /// `None`: connect to the backend's host and port.
+    pub connector: Option<Arc<dyn Connector>>,
 }
 
 /// The "backend chosen by the client" mode: a request to `path` names its
@@ -124,6 +128,7 @@ impl Default for ProxyConfig {
             metrics_path: Some("/metrics".to_owned()),
             tls: None,
             observer: Arc::new(NoopObserver),
+            connector: None,
         }
     }
 }
@@ -139,6 +144,8 @@ impl fmt::Debug for ProxyConfig {
             .field("max_per_ip", &self.max_per_ip)
             .field("read_buffer_size", &self.read_buffer_size)
             .field("metrics_path", &self.metrics_path)
+            .field("preserve_host", &self.preserve_host)
+            .field("connector", &self.connector)
             .finish_non_exhaustive()
     }
 }
@@ -197,6 +204,19 @@ impl ProxyConfig {
         self
     }
 
+    /// Sets the connector that opens backend streams instead of TCP.
+    pub fn connector(mut self, connector: Arc<dyn Connector>) -> Self {
+        self.connector = Some(connector);
+        self
+    }
+
+    /// Sends the client's `Host` to the backend (`true`) or the backend's
+    /// own authority (`false`, the default).
+    pub fn preserve_host(mut self, preserve: bool) -> Self {
+        self.preserve_host = preserve;
+        self
+    }
+
     /// Sets the TLS client settings for `wss://` backends.
     pub fn tls(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
         self.tls = Some(tls);
@@ -211,7 +231,9 @@ impl ProxyConfig {
 
     pub(crate) fn check(&self) -> Result<(), Error> {
         let choice = self.client_choice.as_ref().filter(|c| !c.allow.is_empty());
-        if self.routes.is_empty() && choice.is_none() {
+        // With a connector and no routes, every request is given its
+        // backend by `Proxy::forward_to`.
+        if self.routes.is_empty() && choice.is_none() && self.connector.is_none() {
             return Err(Error::NoRoutes);
         }
         Ok(())

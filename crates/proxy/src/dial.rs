@@ -1,28 +1,145 @@
-//! Opening a connection to a backend: resolve, TCP, TLS for `wss://`.
+//! Opening a connection to a backend: resolve, TCP, TLS for `wss://`, or
+//! whatever a [`Connector`] opens instead.
 
+use std::fmt;
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use sockeye::MaybeTlsStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::route::Backend;
 use crate::Error;
 
-/// TLS client settings, built on first use (loading the platform's roots
-/// takes a while, and a proxy with only `ws://` backends never needs them).
+/// A byte stream to a backend, as a [`Connector`] opens it: anything that
+/// reads and writes (a multiplexed stream, an in-memory pipe, a socket).
+pub trait BackendIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> BackendIo for T {}
+
+/// What [`Connector::connect`] returns.
+pub type ConnectFuture = Pin<Box<dyn Future<Output = Result<Box<dyn BackendIo>, Error>> + Send>>;
+
+/// Opens the byte stream to a backend in place of the proxy's own TCP (and
+/// TLS) dial: how `sockeye-tunnel` sends a request down a multiplexed
+/// stream to the agent that serves its host.
+///
+/// The [`Backend`] is the one the request was routed to (by a route, or
+/// given to [`Proxy::forward_to`](crate::Proxy::forward_to)); a connector
+/// may read only its host, as a key. Whatever it returns carries the
+/// request's HTTP/1.1 bytes and, after a 101, the relayed frames. A failure
+/// is answered with 502 whose body is the error's text (504 for
+/// [`Error::ConnectTimeout`]); [`ProxyConfig::connect_timeout`](crate::ProxyConfig)
+/// bounds the whole call.
+pub trait Connector: Send + Sync + fmt::Debug + 'static {
+    /// Opens a stream to `backend`.
+    fn connect(&self, backend: &Backend) -> ConnectFuture;
+}
+
+/// A backend connection: the proxy's own dial, or a connector's stream.
+// One per connection, never moved after the dial: boxing the TLS variant
+// would add an indirection to every read for nothing.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum BackendStream {
+    /// TCP, or TLS over TCP.
+    Tcp(MaybeTlsStream),
+    /// Opened by a [`Connector`].
+    Custom(Box<dyn BackendIo>),
+}
+
+impl fmt::Debug for BackendStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendStream::Tcp(s) => s.fmt(f),
+            BackendStream::Custom(_) => f.write_str("BackendStream::Custom"),
+        }
+    }
+}
+
+impl AsyncRead for BackendStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            BackendStream::Custom(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for BackendStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            BackendStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            BackendStream::Custom(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            BackendStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            BackendStream::Custom(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            BackendStream::Tcp(s) => s.is_write_vectored(),
+            BackendStream::Custom(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            BackendStream::Custom(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            BackendStream::Custom(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// How the proxy opens backend connections: TLS client settings, built on
+/// first use (loading the platform's roots takes a while, and a proxy with
+/// only `ws://` backends never needs them), and the [`Connector`] that
+/// replaces the TCP dial, if one is configured.
 #[derive(Debug, Default)]
 pub(crate) struct Tls {
     given: Option<Arc<rustls::ClientConfig>>,
     loaded: OnceLock<Arc<rustls::ClientConfig>>,
+    connector: Option<Arc<dyn Connector>>,
 }
 
 impl Tls {
-    pub(crate) fn new(given: Option<Arc<rustls::ClientConfig>>) -> Self {
+    pub(crate) fn new(
+        given: Option<Arc<rustls::ClientConfig>>,
+        connector: Option<Arc<dyn Connector>>,
+    ) -> Self {
         Tls {
             given,
             loaded: OnceLock::new(),
+            connector,
         }
     }
 
@@ -59,8 +176,16 @@ pub(crate) async fn connect(
     addrs: Option<Vec<SocketAddr>>,
     tls: &Tls,
     timeout: Duration,
-) -> Result<MaybeTlsStream, Error> {
-    tokio::time::timeout(timeout, connect_inner(backend, addrs, tls))
+) -> Result<BackendStream, Error> {
+    let opened = async {
+        match &tls.connector {
+            Some(connector) => connector.connect(backend).await.map(BackendStream::Custom),
+            None => connect_inner(backend, addrs, tls)
+                .await
+                .map(BackendStream::Tcp),
+        }
+    };
+    tokio::time::timeout(timeout, opened)
         .await
         .map_err(|_| Error::ConnectTimeout(backend.authority()))?
 }

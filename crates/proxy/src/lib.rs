@@ -60,6 +60,7 @@ mod server;
 mod tap;
 
 pub use config::{ClientChoice, ProxyConfig};
+pub use dial::{BackendIo, ConnectFuture, Connector};
 pub use error::Error;
 pub use metrics::{ProxyMetrics, Refusal};
 pub use observer::{
@@ -67,4 +68,4 @@ pub use observer::{
     RequestMeta, ResponseMeta, ResponseSource,
 };
 pub use route::{AllowedBackend, Backend, Route};
-pub use server::{serve, Proxy};
+pub use server::{serve, BoxError, Proxy, ProxyBody};

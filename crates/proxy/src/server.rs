@@ -12,6 +12,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,8 +28,10 @@ use crate::{Error, ProxyConfig};
 
 /// The body of every response the proxy sends: a backend's, streamed, or
 /// one of its own.
-pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+pub(crate) type Body = ProxyBody;
+/// The error type of [`ProxyBody`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A WebSocket-aware reverse proxy.
 ///
@@ -78,7 +81,7 @@ impl Proxy {
         Ok(Proxy {
             shared: Arc::new(Shared {
                 limiter: Arc::new(Limiter::new(config.max_connections, config.max_per_ip)),
-                tls: Tls::new(config.tls.clone()),
+                tls: Tls::new(config.tls.clone(), config.connector.clone()),
                 metrics: ProxyMetrics::new(),
                 shutdown: CancellationToken::new(),
                 relays: TaskTracker::new(),
@@ -119,12 +122,63 @@ impl Proxy {
             connections.spawn(serve_connection(shared, tcp, remote));
         }
         drop(listener);
+        connections.close();
+        self.shutdown_and(connections.wait()).await;
+        Ok(())
+    }
+
+    /// Serves HTTP/1.1 on one connection already accepted (a TLS stream, a
+    /// multiplexed stream from a tunnel), as [`Proxy::serve`] does for each
+    /// TCP connection it accepts; `remote` is the client's address for
+    /// `X-Forwarded-For`, limits and the observer. Returns when the
+    /// connection ends; a WebSocket it upgraded lives on in the proxy's
+    /// relays until [`Proxy::shutdown`].
+    pub async fn serve_connection<IO>(&self, io: IO, remote: SocketAddr)
+    where
+        IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        serve_io(Arc::clone(&self.shared), io, remote).await
+    }
+
+    /// Forwards one request, routed by the proxy's routes, and answers it:
+    /// for a caller that runs its own HTTP server (hyper's, axum's) and
+    /// hands some requests to the proxy. An upgrade is relayed when the
+    /// response goes back through the caller's hyper connection (which must
+    /// allow upgrades).
+    pub async fn forward(
+        &self,
+        request: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Response<ProxyBody> {
+        handle(Arc::clone(&self.shared), request, remote, None).await
+    }
+
+    /// Like [`Proxy::forward`], to `backend` whatever the routes say: its
+    /// path, if any, replaces the whole request path (as a route for `/`).
+    /// The metrics path is forwarded like any other.
+    pub async fn forward_to(
+        &self,
+        request: Request<Incoming>,
+        remote: SocketAddr,
+        backend: Backend,
+    ) -> Response<ProxyBody> {
+        handle(Arc::clone(&self.shared), request, remote, Some(backend)).await
+    }
+
+    /// Closes every relayed WebSocket with 1001 on both sides and waits for
+    /// them up to [`ProxyConfig::shutdown_timeout`]: what [`Proxy::serve`]
+    /// does when its shutdown completes, for a proxy used through
+    /// [`Proxy::serve_connection`] or [`Proxy::forward`].
+    pub async fn shutdown(&self) {
+        self.shutdown_and(std::future::ready(())).await
+    }
+
+    async fn shutdown_and(&self, others: impl Future<Output = ()>) {
         info!("proxy shutting down: closing relayed connections with 1001");
         self.shared.shutdown.cancel();
-        connections.close();
         self.shared.relays.close();
         let all = async {
-            connections.wait().await;
+            others.await;
             self.shared.relays.wait().await;
         };
         if tokio::time::timeout(self.shared.config.shutdown_timeout, all)
@@ -133,7 +187,6 @@ impl Proxy {
         {
             info!("shutdown timeout passed with connections still open");
         }
-        Ok(())
     }
 }
 
@@ -165,15 +218,22 @@ pub async fn serve(
 
 async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAddr) {
     let _ = tcp.set_nodelay(true);
+    serve_io(shared, tcp, remote).await
+}
+
+async fn serve_io<IO>(shared: Arc<Shared>, io: IO, remote: SocketAddr)
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let service_shared = Arc::clone(&shared);
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let shared = Arc::clone(&service_shared);
-        async move { Ok::<_, std::convert::Infallible>(handle(shared, request, remote).await) }
+        async move { Ok::<_, std::convert::Infallible>(handle(shared, request, remote, None).await) }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))
-        .serve_connection(TokioIo::new(tcp), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(connection);
     tokio::select! {
@@ -194,13 +254,21 @@ async fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
     remote: SocketAddr,
+    backend: Option<Backend>,
 ) -> Response<Body> {
     let id = ConnId(shared.next_id.fetch_add(1, Ordering::Relaxed));
     let started = tokio::time::Instant::now();
     let upgrade = crate::headers::wants_websocket(request.headers());
     let observer = Arc::clone(&shared.config.observer);
 
-    let chosen = choose(&shared, &request).await;
+    let chosen = match backend {
+        Some(backend) => Ok(Chosen {
+            target: backend.target("/", request.uri().path(), request.uri().query()),
+            backend,
+            addrs: None,
+        }),
+        None => choose(&shared, &request).await,
+    };
     let backend_text = chosen.as_ref().ok().map(|c| c.backend.to_string());
     let meta = RequestMeta {
         id,

@@ -38,6 +38,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::dial::BackendStream;
 use crate::limits::Permit;
 use crate::observer::{CloseInfo, ConnId, Direction, Initiator, Observer};
 use crate::server::Shared;
@@ -158,13 +159,13 @@ pub(crate) async fn splice(
     // Plain TCP on both sides (the common case) relays over the sockets'
     // own halves; anything else through tokio's generic split.
     let client = client.downcast::<TokioIo<TcpStream>>();
-    let backend = backend.downcast::<TokioIo<MaybeTlsStream>>();
+    let backend = backend.downcast::<TokioIo<BackendStream>>();
     match (client, backend) {
         (Ok(client), Ok(backend)) => {
             let (client_pre, backend_pre) = (client.read_buf, backend.read_buf);
             let client = client.io.into_inner();
             match backend.io.into_inner() {
-                MaybeTlsStream::Plain(backend) => {
+                BackendStream::Tcp(MaybeTlsStream::Plain(backend)) => {
                     let (cr, cw) = client.into_split();
                     let (br, bw) = backend.into_split();
                     run(&conn, (cr, cw, client_pre), (br, bw, backend_pre)).await
