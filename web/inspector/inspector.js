@@ -192,7 +192,7 @@ function renderWebsocket(w) {
 
 function messageRow(w, m) {
   const out = m.direction === 'client_to_backend';
-  const ratio = m.compression_ratio ? ` (${Math.round(m.compression_ratio * 100)}% compressed)` : '';
+  const ratio = m.compression_ratio ? ` · deflated to ${size(m.wire_size)} (${Math.round(m.compression_ratio * 100)}%)` : '';
   const preview = m.opcode === 'close' ? `${m.close_code || ''} ${m.close_reason || ''}` : content(m.preview);
   return el('li', { class: m.opcode === 'close' ? 'close' : '', 'data-testid': 'message', dataset: { seq: m.seq } },
     el('span', { class: 'muted' }, time(m.at_ms).slice(0, 8)),
