@@ -42,7 +42,8 @@ pub trait Connector: Send + Sync + fmt::Debug + 'static {
     fn connect(&self, backend: &Backend) -> ConnectFuture;
 }
 
-/// A backend connection: the proxy's own dial, or a connector's stream.
+/// A backend connection: the proxy's own dial, or a connector's stream;
+/// also the client's side of [`Proxy::serve_connection`](crate::Proxy).
 // One per connection, never moved after the dial: boxing the TLS variant
 // would add an indirection to every read for nothing.
 #[allow(clippy::large_enum_variant)]

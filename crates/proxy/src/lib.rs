@@ -43,6 +43,14 @@
 //! # }
 //! ```
 //!
+//! The proxy also serves streams it did not accept itself and backends it
+//! does not dial itself, which is how `sockeye-tunnel` is built on it:
+//! [`Proxy::serve_connection`] serves HTTP/1.1 on any byte stream (a
+//! multiplexed stream from a tunnel), [`Proxy::forward`] and
+//! [`Proxy::forward_to`] answer one request inside a caller's own hyper
+//! service, and a [`Connector`] ([`ProxyConfig::connector`]) opens the
+//! backend's byte stream in place of TCP.
+//!
 //! See `docs/PROXY.md` for the guide: routing rules, the client-chosen
 //! backend mode, limits, keepalive and what the observer sees.
 

@@ -137,6 +137,9 @@ impl Proxy {
     where
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        // One concrete type for every caller's stream, so that the relay
+        // can take it back out of hyper's upgrade.
+        let io = crate::dial::BackendStream::Custom(Box::new(io));
         serve_io(Arc::clone(&self.shared), io, remote).await
     }
 

@@ -570,3 +570,39 @@ async fn an_agent_shutting_down_closes_websockets_with_1001() {
     }
     agent.stopped().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_header_is_kept_rewritten_or_replaced() {
+    let server = default_server().await;
+    let web = http_local().await;
+    let port = web.port().to_string();
+    let mut rewrite = TunnelConfig::new(port.clone()).subdomain("rewrite");
+    rewrite.host_header = Some("rewrite".into());
+    let mut replaced = TunnelConfig::new(port.clone()).subdomain("replaced");
+    replaced.host_header = Some("myapp.local:8000".into());
+    let agent = start_agent(agent_config(
+        &server,
+        vec![
+            TunnelConfig::new(port.clone()).subdomain("kept"),
+            rewrite,
+            replaced,
+        ],
+    ));
+    within(agent.handle.clone().connected()).await.unwrap();
+    for (name, expected) in [
+        ("kept", server.host("kept")),
+        ("rewrite", format!("127.0.0.1:{port}")),
+        ("replaced", "myapp.local:8000".to_owned()),
+    ] {
+        let (status, body) = get(server.addr, &server.host(name), "/headers").await;
+        assert_eq!(status, 200);
+        assert!(
+            body.contains(&format!("host: {expected}\n")),
+            "{name}: {body}"
+        );
+        assert!(
+            body.contains(&format!("x-forwarded-host: {}", server.host(name))),
+            "{name}: {body}"
+        );
+    }
+}

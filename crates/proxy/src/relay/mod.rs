@@ -178,8 +178,21 @@ pub(crate) async fn splice(
             }
         }
         (client, backend) => {
-            let client = generic(client);
-            let backend = generic(backend);
+            // A client served by `Proxy::serve_connection` is a
+            // `BackendStream` too: taking it out of hyper's upgrade skips a
+            // layer per read that hands down uninitialised buffers (which
+            // a futures-io stream underneath then zeroes, 32 KiB a read).
+            let client = match client {
+                Ok(parts) => generic(Ok(parts)),
+                Err(upgraded) => match upgraded.downcast::<TokioIo<BackendStream>>() {
+                    Ok(parts) => direct(parts),
+                    Err(upgraded) => generic::<TokioIo<TcpStream>>(Err(upgraded)),
+                },
+            };
+            let backend = match backend {
+                Ok(parts) => direct(parts),
+                Err(upgraded) => generic::<TokioIo<BackendStream>>(Err(upgraded)),
+            };
             run(&conn, client, backend).await
         }
     }
@@ -209,6 +222,12 @@ fn boxed(
     pre: Bytes,
 ) -> (Reader, Writer, Bytes) {
     (Box::new(r), Box::new(w), pre)
+}
+
+/// A side whose stream is ours, split without hyper's layers.
+fn direct(parts: hyper::upgrade::Parts<TokioIo<BackendStream>>) -> (Reader, Writer, Bytes) {
+    let (r, w) = tokio::io::split(parts.io.into_inner());
+    boxed(r, w, parts.read_buf)
 }
 
 /// Either side as a generic stream, when it is not the type we expected.
