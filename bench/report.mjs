@@ -182,7 +182,7 @@ for (const round of [1, 2]) {
   if (d) p(`| direct | ${round} | ${f(d.messages_per_s)} | 1.00 | ${f(d.server_cpu_per_message_us, 3)} | ${latencyCells(d)} | ${errors(d)} |`);
   if (x) p(`| \`sockeye proxy\` | ${round} | ${f(x.messages_per_s)} | ${d ? f(x.messages_per_s / d.messages_per_s, 2) : '–'} | ${f(x.server_cpu_per_message_us, 3)} | ${latencyCells(x)} | ${errors(x)} |`);
 }
-p('| tunnel (`sockeye http` / `sockeye tunnel-server`) | – | *to be added by the tunnel work* | | | | | | |');
+p('| tunnel (`sockeye http` / `sockeye tunnel-server`) | – | not in this matrix: see [Tunnel](#tunnel) (0.50–0.57 of direct, in-process bench) | | | | | | |');
 p();
 
 const failed = rows.filter((r) => r.failed);
