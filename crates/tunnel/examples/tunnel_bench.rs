@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run --release -p sockeye-tunnel --example tunnel_bench -- \
 //!     --connections 50 --in-flight 4 --size 32 --seconds 5 --bulk-size 65536 \
-//!     --round-trips 5000 --concurrent 1000
+//!     --round-trips 5000 --concurrent 1000 [--tunnel-only] [--capture-frames]
 //! ```
 //!
 //! Prints, for direct and tunnelled: echoes per second (small messages),
@@ -33,6 +33,8 @@ struct Args {
     concurrent: usize,
     /// Measure only through the tunnel (for profiling).
     tunnel_only: bool,
+    /// Turn the inspector's frame capture on (its cost, against a run without).
+    capture_frames: bool,
 }
 
 fn parse() -> Args {
@@ -45,6 +47,7 @@ fn parse() -> Args {
         round_trips: 5000,
         concurrent: 1000,
         tunnel_only: false,
+        capture_frames: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,6 +61,7 @@ fn parse() -> Args {
             "--round-trips" => args.round_trips = value().parse().expect("N"),
             "--concurrent" => args.concurrent = value().parse().expect("N"),
             "--tunnel-only" => args.tunnel_only = true,
+            "--capture-frames" => args.capture_frames = true,
             other => panic!("unknown flag {other}"),
         }
     }
@@ -249,9 +253,11 @@ fn main() {
         let server_addr = listener.local_addr().unwrap();
         let server = TunnelServer::new(ServerConfig::new("tunnel.localhost")).unwrap();
         tokio::spawn(server.serve(listener, std::future::pending()));
+        let mut tunnel = TunnelConfig::new(echo.port().to_string()).subdomain("bench");
+        tunnel.capture_frames = args.capture_frames;
         let mut config = AgentConfig::new(&format!("http://{server_addr}"))
             .inspect(None)
-            .tunnel(TunnelConfig::new(echo.port().to_string()).subdomain("bench"));
+            .tunnel(tunnel);
         config.status_line = false;
         let agent = Agent::new(config).unwrap();
         let mut handle = agent.handle();
