@@ -3,16 +3,15 @@
 
 use std::fmt;
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use sockeye::MaybeTlsStream;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 use crate::route::Backend;
 use crate::Error;
@@ -42,84 +41,10 @@ pub trait Connector: Send + Sync + fmt::Debug + 'static {
     fn connect(&self, backend: &Backend) -> ConnectFuture;
 }
 
-/// A backend connection: the proxy's own dial, or a connector's stream;
-/// also the client's side of [`Proxy::serve_connection`](crate::Proxy).
-// One per connection, never moved after the dial: boxing the TLS variant
-// would add an indirection to every read for nothing.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum BackendStream {
-    /// TCP, or TLS over TCP.
-    Tcp(MaybeTlsStream),
-    /// Opened by a [`Connector`].
-    Custom(Box<dyn BackendIo>),
-}
-
-impl fmt::Debug for BackendStream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BackendStream::Tcp(s) => s.fmt(f),
-            BackendStream::Custom(_) => f.write_str("BackendStream::Custom"),
-        }
-    }
-}
-
-impl AsyncRead for BackendStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            BackendStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            BackendStream::Custom(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for BackendStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            BackendStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            BackendStream::Custom(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            BackendStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            BackendStream::Custom(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            BackendStream::Tcp(s) => s.is_write_vectored(),
-            BackendStream::Custom(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            BackendStream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            BackendStream::Custom(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            BackendStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            BackendStream::Custom(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
+/// A backend connection: the proxy's own dial (TCP, or TLS over TCP), or a
+/// connector's stream; also the client's side of
+/// [`Proxy::serve_connection`](crate::Proxy).
+pub(crate) type BackendStream = Either<MaybeTlsStream, Box<dyn BackendIo>>;
 
 /// How the proxy opens backend connections: TLS client settings, built on
 /// first use (loading the platform's roots takes a while, and a proxy with
@@ -180,10 +105,8 @@ pub(crate) async fn connect(
 ) -> Result<BackendStream, Error> {
     let opened = async {
         match &tls.connector {
-            Some(connector) => connector.connect(backend).await.map(BackendStream::Custom),
-            None => connect_inner(backend, addrs, tls)
-                .await
-                .map(BackendStream::Tcp),
+            Some(connector) => connector.connect(backend).await.map(Either::Right),
+            None => connect_inner(backend, addrs, tls).await.map(Either::Left),
         }
     };
     tokio::time::timeout(timeout, opened)

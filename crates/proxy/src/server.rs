@@ -139,7 +139,7 @@ impl Proxy {
     {
         // One concrete type for every caller's stream, so that the relay
         // can take it back out of hyper's upgrade.
-        let io = crate::dial::BackendStream::Custom(Box::new(io));
+        let io: crate::dial::BackendStream = tokio_util::either::Either::Right(Box::new(io));
         serve_io(Arc::clone(&self.shared), io, remote).await
     }
 

@@ -42,6 +42,7 @@ use crate::dial::BackendStream;
 use crate::limits::Permit;
 use crate::observer::{CloseInfo, ConnId, Direction, Initiator, Observer};
 use crate::server::Shared;
+use tokio_util::either::Either;
 
 use pump::Pump;
 
@@ -165,7 +166,7 @@ pub(crate) async fn splice(
             let (client_pre, backend_pre) = (client.read_buf, backend.read_buf);
             let client = client.io.into_inner();
             match backend.io.into_inner() {
-                BackendStream::Tcp(MaybeTlsStream::Plain(backend)) => {
+                Either::Left(MaybeTlsStream::Plain(backend)) => {
                     let (cr, cw) = client.into_split();
                     let (br, bw) = backend.into_split();
                     run(&conn, (cr, cw, client_pre), (br, bw, backend_pre)).await

@@ -104,18 +104,27 @@ impl Shared {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether a page is open to receive events (when none is, no event
+    /// need be built).
+    pub(crate) fn listening(&self) -> bool {
+        self.live
+            .get()
+            .is_some_and(|live| live.connection_count() > 0)
+    }
+
     /// Sends `event` to every open page.
     pub(crate) fn emit(&self, event: &Value) {
-        if let Some(live) = self.live.get() {
-            if live.connection_count() > 0 {
-                live.broadcast(sockeye::PreparedMessage::text(event.to_string()));
-            }
+        if let Some(live) = self.live.get().filter(|_| self.listening()) {
+            live.broadcast(sockeye::PreparedMessage::text(event.to_string()));
         }
     }
 
     /// Sends the counts of every WebSocket that changed, and the messages
     /// captured since the last time.
     pub(crate) fn flush_live(&self) {
+        if !self.listening() {
+            return;
+        }
         let events: Vec<Value> = {
             let mut store = self.lock();
             store

@@ -23,6 +23,9 @@ pub(crate) struct TunnelObserver {
 
 impl TunnelObserver {
     fn request_event(&self, id: ConnId) {
+        if !self.shared.listening() {
+            return;
+        }
         let store = self.shared.lock();
         let Some(id) = store.request_ids.get(&(self.tunnel, id)) else {
             return;
@@ -125,14 +128,19 @@ impl Observer for TunnelObserver {
             dirty: false,
             live_from: 1,
         };
-        let event = json!({ "type": "websocket", "websocket": record.summary() });
+        let event = self
+            .shared
+            .listening()
+            .then(|| json!({ "type": "websocket", "websocket": record.summary() }));
         store.websocket_ids.insert((self.tunnel, conn), id);
         store.push_websocket(record, config);
         if let Some(exchange) = store.request_mut(request_id) {
             exchange.websocket = Some(id);
         }
         drop(store);
-        self.shared.emit(&event);
+        if let Some(event) = event {
+            self.shared.emit(&event);
+        }
         self.request_event(request.id);
     }
 
@@ -217,9 +225,13 @@ impl Observer for TunnelObserver {
                 },
             });
             record.dirty = true;
-            json!({ "type": "websocket", "websocket": record.summary() })
+            self.shared
+                .listening()
+                .then(|| json!({ "type": "websocket", "websocket": record.summary() }))
         };
-        self.shared.emit(&event);
+        if let Some(event) = event {
+            self.shared.emit(&event);
+        }
         // Messages captured since the last tick go out now, not later.
         self.shared.flush_live();
     }

@@ -38,6 +38,22 @@ const SKIP: &[&str] = &[
     "sec-websocket-protocol",
 ];
 
+/// The recorded headers worth sending again: not [`SKIP`]ped, and still
+/// valid as header names and values.
+fn resendable(
+    headers: &[(String, String)],
+) -> impl Iterator<Item = (HeaderName, HeaderValue)> + '_ {
+    headers
+        .iter()
+        .filter(|(name, _)| !SKIP.contains(&name.as_str()))
+        .filter_map(|(name, value)| {
+            Some((
+                HeaderName::from_bytes(name.as_bytes()).ok()?,
+                HeaderValue::from_str(value).ok()?,
+            ))
+        })
+}
+
 /// Why a button could not do its work: shown on the page as it is.
 #[derive(Debug)]
 pub(crate) struct Refused(pub(crate) http::StatusCode, pub(crate) String);
@@ -104,16 +120,8 @@ pub(crate) async fn replay_request(shared: &Shared, id: u64) -> Result<u64, Refu
         .method(original.method.as_str())
         .uri(original.uri.as_str())
         .header(http::header::HOST, host);
-    for (name, value) in &original.request_headers {
-        if SKIP.contains(&name.as_str()) {
-            continue;
-        }
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            request = request.header(name, value);
-        }
+    for (name, value) in resendable(&original.request_headers) {
+        request = request.header(name, value);
     }
     let body = Bytes::from(original.request_body.kept.clone());
     let request = request
@@ -267,16 +275,8 @@ pub(crate) async fn resend(shared: &Shared, websocket: u64, seq: u64) -> Result<
     if let Some(protocol) = protocol {
         config = config.protocols([protocol]);
     }
-    for (name, value) in &headers {
-        if SKIP.contains(&name.as_str()) {
-            continue;
-        }
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            config = config.header(name, value);
-        }
+    for (name, value) in resendable(&headers) {
+        config = config.header(name, value);
     }
     let (mut ws, _) = sockeye::connect_with(&url, &config)
         .await
