@@ -73,7 +73,9 @@ impl EchoServer {
 async fn serve_connection(tcp: TcpStream, config: &ServeConfig) -> Result<(), sockeye::Error> {
     tcp.set_nodelay(true)?;
     let echo_path = config.echo_path.as_str();
-    let (mut ws, _request) = sockeye::accept_with(tcp, &config.websocket, |request| {
+    // Boxed, so that the handshake's state is freed once it is done instead
+    // of staying part of this task for the connection's whole life.
+    let (mut ws, _) = Box::pin(sockeye::accept_with(tcp, &config.websocket, |request| {
         if request.uri().path() == echo_path {
             Ok(())
         } else {
@@ -85,7 +87,7 @@ async fn serve_connection(tcp: TcpStream, config: &ServeConfig) -> Result<(), so
                 ),
             ))
         }
-    })
+    }))
     .await?;
     while let Some(message) = ws.recv().await {
         if let message @ (Message::Text(_) | Message::Binary(_)) = message? {

@@ -14,19 +14,13 @@ use sockeye_proto::{Connection, Message, Role};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-use crate::{Config, Error};
-
-/// Reads larger than this are released after a message, so that one big
-/// message does not leave an idle connection holding a big buffer.
-const KEEP_READ_CAPACITY: usize = 64 * 1024;
+use crate::{spare, Config, Error};
 
 #[derive(Debug)]
 pub(crate) struct Inner<S> {
-    /// The buffers were released while idle: wait for input without one.
-    pub(crate) released: bool,
     pub(crate) conn: Connection,
     pub(crate) io: S,
-    pub(crate) config: Config,
+    limits: Limits,
     timer: Option<Pin<Box<Sleep>>>,
     /// The socket's write side is shut down.
     shut_down: bool,
@@ -39,6 +33,16 @@ pub(crate) struct Inner<S> {
     /// The waker the socket gets for write readiness; see [`WriteWakers`].
     write_wakers: Arc<WriteWakers>,
     write_waker: Waker,
+}
+
+/// What the driver needs of [`Config`] once the handshake is done (the rest
+/// of it would only make every connection bigger).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    read_buffer_size: usize,
+    write_buffer_high: usize,
+    max_write_buffer: usize,
+    close_timeout: std::time::Duration,
 }
 
 /// Which half of a (possibly split) connection is writing.
@@ -94,15 +98,19 @@ impl Wake for WriteWakers {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
-    pub(crate) fn new(io: S, conn: Connection, config: Config) -> Self {
+    pub(crate) fn new(io: S, conn: Connection, config: &Config) -> Self {
         let write_wakers = Arc::new(WriteWakers::default());
         Inner {
-            released: false,
             write_waker: Waker::from(Arc::clone(&write_wakers)),
             write_wakers,
             conn,
             io,
-            config,
+            limits: Limits {
+                read_buffer_size: config.read_buffer_size,
+                write_buffer_high: config.write_buffer_high,
+                max_write_buffer: config.max_write_buffer,
+                close_timeout: config.protocol.close_timeout,
+            },
             timer: None,
             shut_down: false,
             eof: false,
@@ -170,39 +178,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         }
     }
 
+    /// Reads what the socket has. When it has nothing and nothing is
+    /// half-received, the read buffer goes back to the thread's spare slot
+    /// (see [`spare`]): a connection waiting for input holds no buffer.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        let want = self.config.read_buffer_size;
-        let buf = self.conn.read_buf();
-        if self.released {
-            // Released while idle: wait for bytes without holding a buffer,
-            // and allocate only once some arrive.
-            let mut probe = [0u8; 1024];
-            let mut probe_buf = ReadBuf::new(&mut probe);
-            ready!(Pin::new(&mut self.io).poll_read(cx, &mut probe_buf))?;
-            let filled = probe_buf.filled();
-            let buf = self.conn.read_buf();
-            self.released = false;
-            if !filled.is_empty() {
-                buf.reserve(want.max(filled.len()));
-                buf.extend_from_slice(filled);
-            }
-            return Poll::Ready(Ok(filled.len()));
-        }
-        if buf.is_empty() && buf.capacity() > KEEP_READ_CAPACITY {
-            *buf = bytes::BytesMut::new();
-        }
+        let want = self.limits.read_buffer_size;
         // Room for the rest of a frame in progress, so that it arrives whole
         // in one buffer (and leaves it without a copy).
         let hint = self.conn.read_hint();
         let buf = self.conn.read_buf();
+        if buf.is_empty() && buf.capacity() > spare::KEEP_CAPACITY {
+            *buf = bytes::BytesMut::new();
+        }
+        if buf.capacity() == 0 {
+            *buf = spare::take_read();
+        }
         buf.reserve(want.max(hint));
         // tokio-util fills the spare capacity without exposing uninitialised bytes.
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.io),
-            cx,
-            buf
-        ))?;
-        Poll::Ready(Ok(n))
+        match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, buf) {
+            Poll::Pending => {
+                if buf.is_empty() {
+                    spare::put_read(std::mem::take(buf));
+                }
+                Poll::Pending
+            }
+            ready => ready,
+        }
     }
 
     /// Fires the close-handshake timer; true when it fired.
@@ -252,6 +253,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             }
             self.conn.transmit().advance(n);
         }
+        if let Some(buf) = self.conn.transmit().take_idle_buffer() {
+            spare::put_write(buf);
+        }
         Poll::Ready(Ok(()))
     }
 
@@ -270,10 +274,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
 
     /// Waits until the queue is below the high-water mark, writing as needed.
     pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        while self.conn.buffered_amount() >= self.config.write_buffer_high {
+        while self.conn.buffered_amount() >= self.limits.write_buffer_high {
             ready!(self.poll_write_transmit(cx, Half::Writer))?;
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// Hands an idle connection the thread's spare write buffer, so that
+    /// what it sends is not written into a fresh allocation.
+    fn lend_write_buffer(&mut self) {
+        if self.conn.transmit().wants_buffer() {
+            self.conn.transmit().give_buffer(spare::take_write());
+        }
     }
 
     /// Queues a message without waiting.
@@ -281,6 +293,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         if self.conn.is_closed() {
             return Err(Error::Closed);
         }
+        self.lend_write_buffer();
         let now = tokio::time::Instant::now().into_std();
         self.conn.send_message(message, now).map_err(|e| match e {
             sockeye_proto::Error::Closed => Error::Closed,
@@ -296,6 +309,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         if self.conn.is_closed() {
             return Err(Error::Closed);
         }
+        self.lend_write_buffer();
         self.conn.send_prepared(message).map_err(|e| match e {
             sockeye_proto::Error::Closed => Error::Closed,
             other => Error::Protocol(other),
@@ -305,7 +319,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     /// Queues a message unless the queue is over its limit.
     pub(crate) fn try_send(&mut self, message: Message) -> Result<(), Error> {
         let buffered = self.conn.buffered_amount();
-        let limit = self.config.max_write_buffer;
+        let limit = self.limits.max_write_buffer;
         if buffered + message.len() > limit && buffered > 0 {
             return Err(Error::BufferFull {
                 message: Box::new(message),
@@ -338,7 +352,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
 
     /// Reads and discards until the peer closes the socket or the close timeout passes.
     fn poll_wait_eof(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let timeout = self.config.protocol.close_timeout;
+        let timeout = self.limits.close_timeout;
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
@@ -379,6 +393,75 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 Some(_) => continue,
                 None => return Poll::Ready(Ok(())),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+    use std::task::Poll;
+
+    use bytes::Bytes;
+    use sockeye_proto::{Message, Role};
+    use tokio::io::DuplexStream;
+
+    use crate::{Config, WebSocket};
+
+    fn pair() -> (WebSocket<DuplexStream>, WebSocket<DuplexStream>) {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let config = Config::default();
+        (
+            WebSocket::from_raw(a, Role::Client, config.clone(), None),
+            WebSocket::from_raw(b, Role::Server, config, None),
+        )
+    }
+
+    /// Polls `recv` once; true when it is waiting for input.
+    async fn waits(ws: &mut WebSocket<DuplexStream>) -> bool {
+        poll_fn(|cx| Poll::Ready(ws.inner.poll_recv(cx).is_pending())).await
+    }
+
+    #[tokio::test]
+    async fn a_connection_waiting_for_input_holds_no_buffer() {
+        let (mut client, mut server) = pair();
+        client.send(Message::text("hello")).await.unwrap();
+        let got = server.recv().await.unwrap().unwrap();
+        assert_eq!(got, Message::text("hello"));
+        server.send(got).await.unwrap();
+        assert!(waits(&mut server).await);
+        assert_eq!(server.inner.conn.read_buf().capacity(), 0);
+        assert!(server.inner.conn.transmit().wants_buffer());
+        assert_eq!(
+            client.recv().await.unwrap().unwrap(),
+            Message::text("hello")
+        );
+    }
+
+    #[tokio::test]
+    async fn messages_kept_by_the_application_survive_buffer_reuse() {
+        // Two connections on one thread take turns with the spare buffers,
+        // while the application keeps every message it received.
+        let (mut client_a, mut server_a) = pair();
+        let (mut client_b, mut server_b) = pair();
+        let mut kept = Vec::new();
+        for round in 0..50u8 {
+            let payload = Bytes::from(vec![round; 100 + usize::from(round)]);
+            client_a
+                .send(Message::Binary(payload.clone()))
+                .await
+                .unwrap();
+            kept.push((server_a.recv().await.unwrap().unwrap(), payload.clone()));
+            assert!(waits(&mut server_a).await);
+            client_b
+                .send(Message::Binary(payload.clone()))
+                .await
+                .unwrap();
+            kept.push((server_b.recv().await.unwrap().unwrap(), payload));
+            assert!(waits(&mut server_b).await);
+        }
+        for (got, sent) in kept {
+            assert_eq!(got, Message::Binary(sent));
         }
     }
 }

@@ -32,6 +32,7 @@ mod error;
 mod inner;
 mod proxy_connect;
 mod reconnect;
+mod spare;
 mod split;
 mod stream;
 pub mod tls;

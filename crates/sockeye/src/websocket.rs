@@ -23,7 +23,7 @@ use crate::{Config, Error};
 /// it is polled.
 #[derive(Debug)]
 pub struct WebSocket<S> {
-    inner: Inner<S>,
+    pub(crate) inner: Inner<S>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
@@ -35,7 +35,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             conn = conn.with_deflate(deflate);
         }
         WebSocket {
-            inner: Inner::new(io, conn, config),
+            inner: Inner::new(io, conn, &config),
         }
     }
 
@@ -114,7 +114,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     pub fn release_buffers(&mut self) {
         if !self.inner.conn.is_mid_message() && self.inner.conn.buffered_amount() == 0 {
             self.inner.conn.shrink_idle();
-            self.inner.released = true;
         }
     }
 

@@ -56,7 +56,8 @@ pub struct Connection {
     role: Role,
     config: Config,
     state: State,
-    deflate: Option<PerMessageDeflate>,
+    /// Boxed: an idle connection without compression stays small.
+    deflate: Option<Box<PerMessageDeflate>>,
     read: BytesMut,
     frame: Option<FrameInProgress>,
     message: Option<MessageInProgress>,
@@ -118,7 +119,7 @@ impl Connection {
 
     /// Enables permessage-deflate as negotiated in the opening handshake.
     pub fn with_deflate(mut self, deflate: PerMessageDeflate) -> Self {
-        self.deflate = Some(deflate);
+        self.deflate = Some(Box::new(deflate));
         self
     }
 

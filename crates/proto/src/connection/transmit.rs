@@ -50,6 +50,30 @@ impl Transmit {
         self.len == 0
     }
 
+    /// Takes the coalescing buffer's memory when nothing is queued, so that
+    /// an idle connection holds none; the I/O layer may hand it to another
+    /// connection with [`Transmit::give_buffer`].
+    pub fn take_idle_buffer(&mut self) -> Option<BytesMut> {
+        if self.len == 0 && self.tail.capacity() > 0 {
+            return Some(std::mem::take(&mut self.tail));
+        }
+        None
+    }
+
+    /// Whether the coalescing buffer has no memory (a fresh or idle
+    /// connection): [`Transmit::give_buffer`] would be taken.
+    pub fn wants_buffer(&self) -> bool {
+        self.tail.capacity() == 0
+    }
+
+    /// Gives the coalescing buffer an empty allocation to write into;
+    /// ignored when it already has one.
+    pub fn give_buffer(&mut self, buf: BytesMut) {
+        if self.wants_buffer() && buf.is_empty() {
+            self.tail = buf;
+        }
+    }
+
     /// Frees the coalescing buffer's memory when nothing is queued.
     pub fn shrink_idle(&mut self) {
         if self.len == 0 {
