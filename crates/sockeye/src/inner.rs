@@ -30,9 +30,10 @@ pub(crate) struct Inner<S> {
     reported_end: bool,
     /// Reading or writing the socket failed; `recv` reported it and ends.
     io_failed: bool,
-    /// The waker the socket gets for write readiness; see [`WriteWakers`].
-    write_wakers: Arc<WriteWakers>,
-    write_waker: Waker,
+    /// Once split: the waker the socket gets for write readiness, which
+    /// wakes both halves; see [`WriteWakers`]. A whole `WebSocket` is
+    /// polled by one task at a time and passes its own waker.
+    split_wakers: Option<SplitWakers>,
 }
 
 /// What the driver needs of [`Config`] once the handshake is done (the rest
@@ -52,6 +53,12 @@ pub(crate) enum Half {
     Reader,
     /// `send`, `feed`, `flush`.
     Writer,
+}
+
+#[derive(Debug)]
+struct SplitWakers {
+    wakers: Arc<WriteWakers>,
+    waker: Waker,
 }
 
 /// Both halves of a split connection write (the reader sends pongs and
@@ -97,12 +104,34 @@ impl Wake for WriteWakers {
     }
 }
 
+/// The waker to give the socket when `half` writes: the task's own, or once
+/// split, the one that wakes both halves.
+fn write_waker<'a>(split: &'a Option<SplitWakers>, half: Half, cx: &'a Context<'_>) -> &'a Waker {
+    match split {
+        Some(split) => {
+            split.wakers.register(half, cx.waker());
+            &split.waker
+        }
+        None => cx.waker(),
+    }
+}
+
+impl<S> Inner<S> {
+    /// Called when the connection is split: from now on both halves may
+    /// wait for the socket to take bytes.
+    pub(crate) fn use_split_wakers(&mut self) {
+        let wakers = Arc::new(WriteWakers::default());
+        self.split_wakers = Some(SplitWakers {
+            waker: Waker::from(Arc::clone(&wakers)),
+            wakers,
+        });
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     pub(crate) fn new(io: S, conn: Connection, config: &Config) -> Self {
-        let write_wakers = Arc::new(WriteWakers::default());
         Inner {
-            write_waker: Waker::from(Arc::clone(&write_wakers)),
-            write_wakers,
+            split_wakers: None,
             conn,
             io,
             limits: Limits {
@@ -233,8 +262,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         if self.conn.transmit().is_empty() {
             return Poll::Ready(Ok(()));
         }
-        self.write_wakers.register(half, cx.waker());
-        let cx = &mut Context::from_waker(&self.write_waker);
+        let cx = &mut Context::from_waker(write_waker(&self.split_wakers, half, cx));
         while !self.conn.transmit().is_empty() {
             let vectored = self.io.is_write_vectored();
             let transmit = self.conn.transmit();
@@ -266,8 +294,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         half: Half,
     ) -> Poll<Result<(), Error>> {
         ready!(self.poll_write_transmit(cx, half))?;
-        self.write_wakers.register(half, cx.waker());
-        let cx = &mut Context::from_waker(&self.write_waker);
+        let cx = &mut Context::from_waker(write_waker(&self.split_wakers, half, cx));
         ready!(Pin::new(&mut self.io).poll_flush(cx))?;
         Poll::Ready(Ok(()))
     }
@@ -341,8 +368,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             if self.conn.role() == Role::Client && !self.eof && !timed_out {
                 ready!(self.poll_wait_eof(cx));
             }
-            self.write_wakers.register(Half::Reader, cx.waker());
-            let write_cx = &mut Context::from_waker(&self.write_waker);
+            let waker = write_waker(&self.split_wakers, Half::Reader, cx);
+            let write_cx = &mut Context::from_waker(waker);
             ready!(Pin::new(&mut self.io).poll_shutdown(write_cx))?;
             self.shut_down = true;
             self.conn.shrink_idle();

@@ -15,7 +15,8 @@ use crate::Error;
 
 type Shared<S> = Arc<Mutex<Inner<S>>>;
 
-pub(crate) fn split<S>(inner: Inner<S>) -> (ReadHalf<S>, WriteHalf<S>) {
+pub(crate) fn split<S>(mut inner: Inner<S>) -> (ReadHalf<S>, WriteHalf<S>) {
+    inner.use_split_wakers();
     let shared = Arc::new(Mutex::new(inner));
     (
         ReadHalf {

@@ -66,7 +66,7 @@ pub struct Connection {
     sending_fragmented: bool,
     close_deadline: Option<Instant>,
     /// Why the connection ended, once it has.
-    close_reason: Option<CloseCause>,
+    close_reason: Option<Box<CloseCause>>,
     scratch: BytesMut,
 }
 
@@ -145,7 +145,7 @@ impl Connection {
 
     /// Why the connection ended, once [`Connection::is_closed`].
     pub fn close_cause(&self) -> Option<&CloseCause> {
-        self.close_reason.as_ref()
+        self.close_reason.as_deref()
     }
 
     /// Whether permessage-deflate is in use.
@@ -225,7 +225,7 @@ impl Connection {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.state == State::CloseSent && self.close_deadline.is_some_and(|d| now >= d) {
             self.state = State::Closed;
-            self.close_reason = Some(CloseCause::TimedOut);
+            self.close_reason = Some(Box::new(CloseCause::TimedOut));
             self.read = BytesMut::new();
         }
     }
@@ -239,7 +239,7 @@ impl Connection {
             self.write_close(Some(&frame));
         }
         self.state = State::Closed;
-        self.close_reason = Some(CloseCause::Failed(error.clone()));
+        self.close_reason = Some(Box::new(CloseCause::Failed(error.clone())));
         self.read = BytesMut::new();
         self.frame = None;
         self.message = None;

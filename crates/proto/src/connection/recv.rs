@@ -270,7 +270,7 @@ impl Connection {
                     self.write_close(reply.as_ref());
                 }
                 self.state = State::Closed;
-                self.close_reason = Some(CloseCause::Handshake(frame.clone()));
+                self.close_reason = Some(Box::new(CloseCause::Handshake(frame.clone())));
                 self.read = BytesMut::new();
                 self.message = None;
                 Ok(Message::Close(frame))

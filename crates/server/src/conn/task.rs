@@ -70,21 +70,25 @@ where
     let config = &endpoint.config;
     let close_limit = close_limit(endpoint);
     let far = Instant::now() + Duration::from_secs(86400 * 365);
-    // Timers are armed once and re-armed only when they fire: a message
-    // only records the time it arrived, it never touches the timer wheel.
+    // One timer for all of the connection's deadlines, armed for the
+    // nearest: a message only records the time it arrived and never touches
+    // the timer wheel; a deadline that fires checks that time and re-arms.
     let mut last_activity = Instant::now();
     let idle_after = config.idle_timeout;
-    let idle = sleep_until(idle_after.map_or(far, |t| last_activity + t));
-    let quiet = sleep_until(last_activity + RELEASE_BUFFERS_AFTER);
-    let ping = sleep_until(config.heartbeat.map_or(far, |h| last_activity + h.interval));
-    let pong = sleep_until(far);
-    let auth = sleep_until(match &endpoint.handlers.first_message_auth {
-        Some((timeout, _)) if conn.user().is_none() => last_activity + *timeout,
-        _ => far,
-    });
-    tokio::pin!(idle, quiet, ping, pong, auth);
+    let mut at = Deadlines {
+        idle: idle_after.map_or(far, |t| last_activity + t),
+        quiet: last_activity + RELEASE_BUFFERS_AFTER,
+        ping: config.heartbeat.map_or(far, |h| last_activity + h.interval),
+        pong: far,
+        auth: match &endpoint.handlers.first_message_auth {
+            Some((timeout, _)) if conn.user().is_none() => last_activity + *timeout,
+            _ => far,
+        },
+    };
+    let timer = sleep_until(at.next());
+    tokio::pin!(timer);
     let mut awaiting_pong = false;
-    let mut authenticating = auth.deadline() != far;
+    let mut authenticating = at.auth != far;
     let mut buffers_held = true;
     let mut bucket = config
         .rate_limit
@@ -138,12 +142,14 @@ where
                 last_activity = Instant::now();
                 if !buffers_held {
                     buffers_held = true;
-                    quiet.as_mut().reset(last_activity + RELEASE_BUFFERS_AFTER);
+                    at.quiet = last_activity + RELEASE_BUFFERS_AFTER;
+                    at.rearm(timer.as_mut());
                 }
                 match message {
                     Message::Pong(_) => {
                         awaiting_pong = false;
-                        pong.as_mut().reset(far);
+                        at.pong = far;
+                        at.rearm(timer.as_mut());
                     }
                     Message::Ping(_) => {}
                     Message::Close(frame) => {
@@ -178,7 +184,8 @@ where
                                 Ok(user) => {
                                     conn.set_user(user);
                                     authenticating = false;
-                                    auth.as_mut().reset(far);
+                                    at.auth = far;
+                                    at.rearm(timer.as_mut());
                                 }
                                 Err(reason) => return close(ws, CloseCode::POLICY, &reason, close_limit).await,
                             }
@@ -191,42 +198,80 @@ where
             _ = conn.shared.notify.notified() => {
                 if !buffers_held {
                     buffers_held = true;
-                    quiet.as_mut().reset(Instant::now() + RELEASE_BUFFERS_AFTER);
+                    at.quiet = Instant::now() + RELEASE_BUFFERS_AFTER;
+                    at.rearm(timer.as_mut());
                 }
             }
             changed = shutdown.changed(), if !shutdown_gone => shutdown_gone = changed.is_err(),
-            _ = &mut idle => {
-                let after = idle_after.expect("armed only with an idle timeout");
-                if last_activity + after <= Instant::now() {
-                    return close(ws, CloseCode::GOING_AWAY, "idle timeout", close_limit).await;
+            () = &mut timer => {
+                let now = Instant::now();
+                if at.pong <= now {
+                    debug!(id = conn.id(), "no pong in time; terminating");
+                    return Ending::new(CloseCode::ABNORMAL, "no pong within the heartbeat timeout");
                 }
-                idle.as_mut().reset(last_activity + after);
-            }
-            _ = &mut quiet => {
-                if last_activity + RELEASE_BUFFERS_AFTER <= Instant::now() {
-                    ws.release_buffers();
-                    buffers_held = false;
-                    quiet.as_mut().reset(far);
-                } else {
-                    quiet.as_mut().reset(last_activity + RELEASE_BUFFERS_AFTER);
+                if at.auth <= now {
+                    return close(ws, CloseCode::POLICY, "authentication timeout", close_limit).await;
                 }
-            }
-            _ = &mut ping => {
-                let heartbeat = config.heartbeat.expect("armed only with heartbeats");
-                if !awaiting_pong {
-                    awaiting_pong = true;
-                    pong.as_mut().reset(Instant::now() + heartbeat.timeout);
+                if at.idle <= now {
+                    let after = idle_after.expect("armed only with an idle timeout");
+                    if last_activity + after <= now {
+                        return close(ws, CloseCode::GOING_AWAY, "idle timeout", close_limit).await;
+                    }
+                    at.idle = last_activity + after;
                 }
-                ping.as_mut().reset(Instant::now() + heartbeat.interval);
-                let _ = ws.feed(Message::Ping(bytes::Bytes::from_static(b"sockeye"))).await;
+                if at.quiet <= now {
+                    if last_activity + RELEASE_BUFFERS_AFTER <= now {
+                        ws.release_buffers();
+                        buffers_held = false;
+                        at.quiet = far;
+                    } else {
+                        at.quiet = last_activity + RELEASE_BUFFERS_AFTER;
+                    }
+                }
+                if at.ping <= now {
+                    let heartbeat = config.heartbeat.expect("armed only with heartbeats");
+                    if !awaiting_pong {
+                        awaiting_pong = true;
+                        at.pong = now + heartbeat.timeout;
+                    }
+                    at.ping = now + heartbeat.interval;
+                    at.rearm(timer.as_mut());
+                    let _ = ws.feed(Message::Ping(bytes::Bytes::from_static(b"sockeye"))).await;
+                }
+                at.rearm(timer.as_mut());
             }
-            _ = &mut pong => {
-                debug!(id = conn.id(), "no pong in time; terminating");
-                return Ending::new(CloseCode::ABNORMAL, "no pong within the heartbeat timeout");
-            }
-            _ = &mut auth => {
-                return close(ws, CloseCode::POLICY, "authentication timeout", close_limit).await;
-            }
+        }
+    }
+}
+
+/// When each of a connection's timed checks is due (`far` when off).
+struct Deadlines {
+    /// No message for the idle timeout: close with 1001.
+    idle: Instant,
+    /// A second without traffic: free the read and write buffers.
+    quiet: Instant,
+    /// Send the next heartbeat ping.
+    ping: Instant,
+    /// The ping sent was not answered in time: drop the connection.
+    pong: Instant,
+    /// First-message authentication did not arrive in time: close with 1008.
+    auth: Instant,
+}
+
+impl Deadlines {
+    fn next(&self) -> Instant {
+        self.idle
+            .min(self.quiet)
+            .min(self.ping)
+            .min(self.pong)
+            .min(self.auth)
+    }
+
+    /// Points `timer` at the nearest deadline, if it moved.
+    fn rearm(&self, timer: std::pin::Pin<&mut tokio::time::Sleep>) {
+        let next = self.next();
+        if timer.deadline() != next {
+            timer.reset(next);
         }
     }
 }

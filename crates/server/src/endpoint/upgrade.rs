@@ -145,10 +145,13 @@ pub(crate) async fn upgrade_handler(
             return refuse(error.status(), &error.to_string());
         }
     };
+    // Boxed: the connection's task keeps what it captured for its whole life.
     let deflate = match (accepted.deflate, config.compression.as_ref()) {
-        (Some(params), Some(deflate)) => {
-            Some(PerMessageDeflate::new(Role::Server, &params, deflate))
-        }
+        (Some(params), Some(deflate)) => Some(Box::new(PerMessageDeflate::new(
+            Role::Server,
+            &params,
+            deflate,
+        ))),
         _ => None,
     };
     let conn = Conn::new(
@@ -167,7 +170,7 @@ pub(crate) async fn upgrade_handler(
                     TokioIo::new(upgraded),
                     Role::Server,
                     task_endpoint.ws_config.clone(),
-                    deflate,
+                    deflate.map(|deflate| *deflate),
                 );
                 task_endpoint.register(&conn);
                 task_endpoint.metrics.connection_opened();
