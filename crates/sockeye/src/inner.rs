@@ -321,8 +321,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             return Err(Error::Closed);
         }
         self.lend_write_buffer();
-        let now = tokio::time::Instant::now().into_std();
-        self.conn.send_message(message, now).map_err(|e| match e {
+        let sent = match message {
+            Message::Text(text) => self.conn.send_text(text),
+            Message::Binary(data) => self.conn.send_binary(data),
+            Message::Ping(data) => self.conn.send_ping(data),
+            Message::Pong(data) => self.conn.send_pong(data),
+            // Only a close starts a timer, so only a close reads the clock
+            // (a clock read cost as much as framing a small message).
+            Message::Close(frame) => self
+                .conn
+                .send_close(frame, tokio::time::Instant::now().into_std()),
+        };
+        sent.map_err(|e| match e {
             sockeye_proto::Error::Closed => Error::Closed,
             other => Error::Protocol(other),
         })

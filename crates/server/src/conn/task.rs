@@ -69,24 +69,33 @@ where
 {
     let config = &endpoint.config;
     let close_limit = close_limit(endpoint);
-    let far = Instant::now() + Duration::from_secs(86400 * 365);
+    let started = Instant::now();
+    let far = started + Duration::from_secs(86400 * 365);
     // One timer for all of the connection's deadlines, armed for the
-    // nearest: a message only records the time it arrived and never touches
-    // the timer wheel; a deadline that fires checks that time and re-arms.
-    let mut last_activity = Instant::now();
+    // nearest. Messages only count themselves: they never read the clock
+    // or touch the timer wheel. A check that fires compares the counts
+    // with what it saw last time.
     let idle_after = config.idle_timeout;
     let mut at = Deadlines {
-        idle: idle_after.map_or(far, |t| last_activity + t),
-        quiet: last_activity + RELEASE_BUFFERS_AFTER,
-        ping: config.heartbeat.map_or(far, |h| last_activity + h.interval),
+        idle: idle_after.map_or(far, |after| started + idle_step(after)),
+        quiet: started + RELEASE_BUFFERS_AFTER,
+        ping: config.heartbeat.map_or(far, |h| started + h.interval),
         pong: far,
         auth: match &endpoint.handlers.first_message_auth {
-            Some((timeout, _)) if conn.user().is_none() => last_activity + *timeout,
+            Some((timeout, _)) if conn.user().is_none() => started + *timeout,
             _ => far,
         },
     };
     let timer = sleep_until(at.next());
     tokio::pin!(timer);
+    // Messages received, and wake-ups for queued sends.
+    let mut received: u64 = 0;
+    let mut woken: u64 = 0;
+    // What the idle check saw last, and when it last saw a message arrive.
+    let mut idle_seen = 0;
+    let mut last_seen = started;
+    // What the quiet check saw last.
+    let mut quiet_seen = 0;
     let mut awaiting_pong = false;
     let mut authenticating = at.auth != far;
     let mut buffers_held = true;
@@ -96,6 +105,8 @@ where
     // With every shutdown sender dropped (an `App` dropped after `router()`),
     // `changed()` fails at once, every time: stop watching it then.
     let mut shutdown_gone = false;
+    // Messages taken in a row without waiting; see below.
+    let mut streak = 0u32;
 
     loop {
         // Write what handlers and publications queued; `recv` flushes it
@@ -115,133 +126,185 @@ where
             )
             .await;
         }
-        tokio::select! {
-            // `recv` writes what is queued while it waits for input: the
-            // count publications check (`Conn::buffered_amount`) must follow
-            // what the socket took, or a reader that caught up looks slow
-            // for good.
-            received = std::future::poll_fn(|cx| {
-                let polled = std::pin::Pin::new(&mut *ws).poll_next(cx);
-                conn.shared.socket_buffered.store(ws.buffered_amount(), Ordering::Relaxed);
-                polled
-            }) => {
-                let message = match received {
-                    None => return Ending::new(CloseCode::ABNORMAL, "connection closed"),
-                    Some(Err(sockeye::Error::Protocol(error))) => {
-                        let code = error.close_code();
-                        endpoint.handlers.error(conn.clone(), sockeye::Error::Protocol(error.clone())).await;
-                        return Ending::new(code, error.to_string());
-                    }
-                    Some(Err(error)) => {
-                        let ending = Ending::new(CloseCode::ABNORMAL, error.to_string());
-                        endpoint.handlers.error(conn.clone(), error).await;
-                        return ending;
-                    }
-                    Some(Ok(message)) => message,
-                };
-                last_activity = Instant::now();
-                if !buffers_held {
-                    buffers_held = true;
-                    at.quiet = last_activity + RELEASE_BUFFERS_AFTER;
-                    at.rearm(timer.as_mut());
-                }
-                match message {
-                    Message::Pong(_) => {
-                        awaiting_pong = false;
-                        at.pong = far;
+        // `recv` writes what is queued while it waits for input: the count
+        // publications check (`Conn::buffered_amount`) must follow what the
+        // socket took, or a reader that caught up looks slow for good.
+        let mut recv = |cx: &mut std::task::Context<'_>| {
+            let polled = std::pin::Pin::new(&mut *ws).poll_next(cx);
+            conn.shared
+                .socket_buffered
+                .store(ws.buffered_amount(), Ordering::Relaxed);
+            polled
+        };
+        // A message that is already there is taken without building the
+        // select below: its notifiers would each take a lock to register
+        // and another to deregister. Every 64 messages in a row the select
+        // runs anyway, so the timer is checked under a flood too.
+        let ready = if streak < 64 {
+            std::future::poll_fn(|cx| Poll::Ready(recv(cx))).await
+        } else {
+            Poll::Pending
+        };
+        let received_now = match ready {
+            Poll::Ready(message) => {
+                streak += 1;
+                message
+            }
+            Poll::Pending => {
+                streak = 0;
+                tokio::select! {
+                    biased;
+                    () = &mut timer => {
+                        let now = Instant::now();
+                        if at.pong <= now {
+                            debug!(id = conn.id(), "no pong in time; terminating");
+                            return Ending::new(CloseCode::ABNORMAL, "no pong within the heartbeat timeout");
+                        }
+                        if at.auth <= now {
+                            return close(ws, CloseCode::POLICY, "authentication timeout", close_limit).await;
+                        }
+                        if at.idle <= now {
+                            let after = idle_after.expect("armed only with an idle timeout");
+                            if received != idle_seen {
+                                idle_seen = received;
+                                last_seen = now;
+                            } else if last_seen + after <= now {
+                                return close(ws, CloseCode::GOING_AWAY, "idle timeout", close_limit).await;
+                            }
+                            at.idle = (now + idle_step(after)).min(last_seen + after);
+                        }
+                        if at.quiet <= now {
+                            let activity = received + woken;
+                            if activity != quiet_seen {
+                                quiet_seen = activity;
+                                at.quiet = now + RELEASE_BUFFERS_AFTER;
+                            } else {
+                                ws.release_buffers();
+                                buffers_held = false;
+                                at.quiet = far;
+                            }
+                        }
+                        if at.ping <= now {
+                            let heartbeat = config.heartbeat.expect("armed only with heartbeats");
+                            if !awaiting_pong {
+                                awaiting_pong = true;
+                                at.pong = now + heartbeat.timeout;
+                            }
+                            at.ping = now + heartbeat.interval;
+                            at.rearm(timer.as_mut());
+                            let _ = ws.feed(Message::Ping(bytes::Bytes::from_static(b"sockeye"))).await;
+                        }
                         at.rearm(timer.as_mut());
+                        continue;
                     }
-                    Message::Ping(_) => {}
-                    Message::Close(frame) => {
-                        // The reply went out with the next flush; finish the
-                        // socket (bounded: a peer that reads nothing more
-                        // would keep the flush waiting).
-                        let _ = tokio::time::timeout(close_limit, async {
-                            while ws.recv().await.is_some() {}
-                        })
-                        .await;
-                        return match frame {
-                            Some(f) => Ending::new(f.code, f.reason.as_str()),
-                            None => Ending::new(CloseCode::NO_STATUS, ""),
-                        };
+                    received = std::future::poll_fn(&mut recv) => received,
+                    _ = conn.shared.notify.notified() => {
+                        woken += 1;
+                        if !buffers_held {
+                            buffers_held = true;
+                            at.quiet = Instant::now() + RELEASE_BUFFERS_AFTER;
+                            at.rearm(timer.as_mut());
+                        }
+                        continue;
                     }
-                    message => {
-                        endpoint.metrics.message_in(message.len());
-                        if let Some(bucket) = bucket.as_mut() {
-                            if !bucket.take(message.len(), std::time::Instant::now()) {
-                                match config.rate_limit.map(|l| l.action) {
-                                    Some(RateLimitAction::Reply) => {
-                                        conn.send_text(r#"{"type":"error","code":"rate_limited","message":"too many messages; this one was dropped"}"#);
-                                        continue;
-                                    }
-                                    _ => return close(ws, CloseCode::POLICY, "rate limit exceeded", close_limit).await,
-                                }
-                            }
-                        }
-                        if authenticating {
-                            let Some((_, check)) = &endpoint.handlers.first_message_auth else { continue };
-                            match check(conn.clone(), message).await {
-                                Ok(user) => {
-                                    conn.set_user(user);
-                                    authenticating = false;
-                                    at.auth = far;
-                                    at.rearm(timer.as_mut());
-                                }
-                                Err(reason) => return close(ws, CloseCode::POLICY, &reason, close_limit).await,
-                            }
-                            continue;
-                        }
-                        endpoint.handlers.message(conn.clone(), message).await;
+                    changed = shutdown.changed(), if !shutdown_gone => {
+                        shutdown_gone = changed.is_err();
+                        continue;
                     }
                 }
             }
-            _ = conn.shared.notify.notified() => {
-                if !buffers_held {
-                    buffers_held = true;
-                    at.quiet = Instant::now() + RELEASE_BUFFERS_AFTER;
-                    at.rearm(timer.as_mut());
-                }
+        };
+        let message = match received_now {
+            None => return Ending::new(CloseCode::ABNORMAL, "connection closed"),
+            Some(Err(sockeye::Error::Protocol(error))) => {
+                let code = error.close_code();
+                endpoint
+                    .handlers
+                    .error(conn.clone(), sockeye::Error::Protocol(error.clone()))
+                    .await;
+                return Ending::new(code, error.to_string());
             }
-            changed = shutdown.changed(), if !shutdown_gone => shutdown_gone = changed.is_err(),
-            () = &mut timer => {
-                let now = Instant::now();
-                if at.pong <= now {
-                    debug!(id = conn.id(), "no pong in time; terminating");
-                    return Ending::new(CloseCode::ABNORMAL, "no pong within the heartbeat timeout");
-                }
-                if at.auth <= now {
-                    return close(ws, CloseCode::POLICY, "authentication timeout", close_limit).await;
-                }
-                if at.idle <= now {
-                    let after = idle_after.expect("armed only with an idle timeout");
-                    if last_activity + after <= now {
-                        return close(ws, CloseCode::GOING_AWAY, "idle timeout", close_limit).await;
-                    }
-                    at.idle = last_activity + after;
-                }
-                if at.quiet <= now {
-                    if last_activity + RELEASE_BUFFERS_AFTER <= now {
-                        ws.release_buffers();
-                        buffers_held = false;
-                        at.quiet = far;
-                    } else {
-                        at.quiet = last_activity + RELEASE_BUFFERS_AFTER;
-                    }
-                }
-                if at.ping <= now {
-                    let heartbeat = config.heartbeat.expect("armed only with heartbeats");
-                    if !awaiting_pong {
-                        awaiting_pong = true;
-                        at.pong = now + heartbeat.timeout;
-                    }
-                    at.ping = now + heartbeat.interval;
-                    at.rearm(timer.as_mut());
-                    let _ = ws.feed(Message::Ping(bytes::Bytes::from_static(b"sockeye"))).await;
-                }
+            Some(Err(error)) => {
+                let ending = Ending::new(CloseCode::ABNORMAL, error.to_string());
+                endpoint.handlers.error(conn.clone(), error).await;
+                return ending;
+            }
+            Some(Ok(message)) => message,
+        };
+        received += 1;
+        if !buffers_held {
+            buffers_held = true;
+            at.quiet = Instant::now() + RELEASE_BUFFERS_AFTER;
+            at.rearm(timer.as_mut());
+        }
+        match message {
+            Message::Pong(_) => {
+                awaiting_pong = false;
+                at.pong = far;
                 at.rearm(timer.as_mut());
+            }
+            Message::Ping(_) => {}
+            Message::Close(frame) => {
+                // The reply went out with the next flush; finish the socket
+                // (bounded: a peer that reads nothing more would keep the
+                // flush waiting).
+                let _ =
+                    tokio::time::timeout(close_limit, async { while ws.recv().await.is_some() {} })
+                        .await;
+                return match frame {
+                    Some(f) => Ending::new(f.code, f.reason.as_str()),
+                    None => Ending::new(CloseCode::NO_STATUS, ""),
+                };
+            }
+            message => {
+                endpoint.metrics.message_in(message.len());
+                if let Some(bucket) = bucket.as_mut() {
+                    if !bucket.take(message.len(), std::time::Instant::now()) {
+                        match config.rate_limit.map(|l| l.action) {
+                            Some(RateLimitAction::Reply) => {
+                                conn.send_text(r#"{"type":"error","code":"rate_limited","message":"too many messages; this one was dropped"}"#);
+                                continue;
+                            }
+                            _ => {
+                                return close(
+                                    ws,
+                                    CloseCode::POLICY,
+                                    "rate limit exceeded",
+                                    close_limit,
+                                )
+                                .await
+                            }
+                        }
+                    }
+                }
+                if authenticating {
+                    let Some((_, check)) = &endpoint.handlers.first_message_auth else {
+                        continue;
+                    };
+                    match check(conn.clone(), message).await {
+                        Ok(user) => {
+                            conn.set_user(user);
+                            authenticating = false;
+                            at.auth = far;
+                            at.rearm(timer.as_mut());
+                        }
+                        Err(reason) => {
+                            return close(ws, CloseCode::POLICY, &reason, close_limit).await
+                        }
+                    }
+                    continue;
+                }
+                endpoint.handlers.message(conn.clone(), message).await;
             }
         }
     }
+}
+
+/// How often the idle check looks at the message count: a quarter of the
+/// idle timeout, so a connection is closed between 1 and 1.25 idle
+/// timeouts after its last message (uWebSockets checks every 4 s).
+fn idle_step(idle_after: Duration) -> Duration {
+    (idle_after / 4).max(Duration::from_millis(1))
 }
 
 /// When each of a connection's timed checks is due (`far` when off).

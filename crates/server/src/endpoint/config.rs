@@ -14,6 +14,8 @@ pub struct EndpointConfig {
     pub max_payload_length: usize,
     /// A connection from which nothing arrives for this long is closed with
     /// 1001. Default 120 s; heartbeats (when on) keep healthy clients busy.
+    /// Checked every quarter of it (messages never read the clock), so the
+    /// close comes between 1 and 1.25 times this after the last message.
     pub idle_timeout: Option<Duration>,
     /// permessage-deflate per connection, when the client offers it. Default
     /// off: compression costs CPU and memory per connection.
