@@ -1,9 +1,14 @@
 //! The echo endpoint: every text or binary message goes back unchanged.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
-use sockeye::{Config, DeflateConfig, Message};
+use futures_util::{Sink, Stream};
+
+use sockeye::{Config, DeflateConfig, Message, WebSocket};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info};
 
@@ -89,10 +94,27 @@ async fn serve_connection(tcp: TcpStream, config: &ServeConfig) -> Result<(), so
         }
     }))
     .await?;
-    while let Some(message) = ws.recv().await {
-        if let message @ (Message::Text(_) | Message::Binary(_)) = message? {
-            ws.feed(message).await?;
+    // A hand-written poll loop rather than `recv().await` and
+    // `feed().await`: the task then holds the connection and nothing more
+    // while it waits, which is most of an idle connection's memory.
+    std::future::poll_fn(|cx| poll_echo(&mut ws, cx)).await
+}
+
+/// Echoes until the connection ends: waits while the write queue is above
+/// its high-water mark (as `feed` does), then takes the next message.
+fn poll_echo<S>(ws: &mut WebSocket<S>, cx: &mut Context<'_>) -> Poll<Result<(), sockeye::Error>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        ready!(Pin::new(&mut *ws).poll_ready(cx))?;
+        match ready!(Pin::new(&mut *ws).poll_next(cx)) {
+            None => return Poll::Ready(Ok(())),
+            Some(Err(error)) => return Poll::Ready(Err(error)),
+            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                Pin::new(&mut *ws).start_send(message)?;
+            }
+            Some(Ok(_)) => {}
         }
     }
-    Ok(())
 }

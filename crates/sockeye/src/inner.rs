@@ -33,17 +33,22 @@ pub(crate) struct Inner<S> {
     /// Once split: the waker the socket gets for write readiness, which
     /// wakes both halves; see [`WriteWakers`]. A whole `WebSocket` is
     /// polled by one task at a time and passes its own waker.
-    split_wakers: Option<SplitWakers>,
+    split_wakers: Option<Box<SplitWakers>>,
 }
 
-/// What the driver needs of [`Config`] once the handshake is done (the rest
-/// of it would only make every connection bigger).
+/// What the driver needs of [`Config`] once the handshake is done, in as
+/// few bytes as will do: every idle connection carries it. (The close
+/// timeout is the protocol config's, which the connection has already.)
 #[derive(Debug, Clone, Copy)]
 struct Limits {
-    read_buffer_size: usize,
-    write_buffer_high: usize,
-    max_write_buffer: usize,
-    close_timeout: std::time::Duration,
+    read_buffer_size: u32,
+    write_buffer_high: u32,
+    max_write_buffer: u32,
+}
+
+/// `n` as a `u32`, at most `u32::MAX` (4 GiB: beyond any buffer limit).
+fn saturate(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// Which half of a (possibly split) connection is writing.
@@ -106,7 +111,11 @@ impl Wake for WriteWakers {
 
 /// The waker to give the socket when `half` writes: the task's own, or once
 /// split, the one that wakes both halves.
-fn write_waker<'a>(split: &'a Option<SplitWakers>, half: Half, cx: &'a Context<'_>) -> &'a Waker {
+fn write_waker<'a>(
+    split: &'a Option<Box<SplitWakers>>,
+    half: Half,
+    cx: &'a Context<'_>,
+) -> &'a Waker {
     match split {
         Some(split) => {
             split.wakers.register(half, cx.waker());
@@ -121,10 +130,10 @@ impl<S> Inner<S> {
     /// wait for the socket to take bytes.
     pub(crate) fn use_split_wakers(&mut self) {
         let wakers = Arc::new(WriteWakers::default());
-        self.split_wakers = Some(SplitWakers {
+        self.split_wakers = Some(Box::new(SplitWakers {
             waker: Waker::from(Arc::clone(&wakers)),
             wakers,
-        });
+        }));
     }
 }
 
@@ -135,10 +144,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             conn,
             io,
             limits: Limits {
-                read_buffer_size: config.read_buffer_size,
-                write_buffer_high: config.write_buffer_high,
-                max_write_buffer: config.max_write_buffer,
-                close_timeout: config.protocol.close_timeout,
+                read_buffer_size: saturate(config.read_buffer_size),
+                write_buffer_high: saturate(config.write_buffer_high),
+                max_write_buffer: saturate(config.max_write_buffer),
             },
             timer: None,
             shut_down: false,
@@ -211,7 +219,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     /// half-received, the read buffer goes back to the thread's spare slot
     /// (see [`spare`]): a connection waiting for input holds no buffer.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        let want = self.limits.read_buffer_size;
+        let want = self.limits.read_buffer_size as usize;
         // Room for the rest of a frame in progress, so that it arrives whole
         // in one buffer (and leaves it without a copy).
         let hint = self.conn.read_hint();
@@ -301,7 +309,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
 
     /// Waits until the queue is below the high-water mark, writing as needed.
     pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        while self.conn.buffered_amount() >= self.limits.write_buffer_high {
+        while self.conn.buffered_amount() >= self.limits.write_buffer_high as usize {
             ready!(self.poll_write_transmit(cx, Half::Writer))?;
         }
         Poll::Ready(Ok(()))
@@ -356,7 +364,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     /// Queues a message unless the queue is over its limit.
     pub(crate) fn try_send(&mut self, message: Message) -> Result<(), Error> {
         let buffered = self.conn.buffered_amount();
-        let limit = self.limits.max_write_buffer;
+        let limit = self.limits.max_write_buffer as usize;
         if buffered + message.len() > limit && buffered > 0 {
             return Err(Error::BufferFull {
                 message: Box::new(message),
@@ -389,7 +397,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
 
     /// Reads and discards until the peer closes the socket or the close timeout passes.
     fn poll_wait_eof(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let timeout = self.limits.close_timeout;
+        let timeout = self.conn.config().close_timeout;
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));

@@ -57,17 +57,25 @@ pub struct Connection {
     config: Config,
     state: State,
     /// Boxed: an idle connection without compression stays small.
-    deflate: Option<Box<PerMessageDeflate>>,
+    deflate: Option<Box<Compression>>,
     read: BytesMut,
     frame: Option<FrameInProgress>,
-    message: Option<MessageInProgress>,
+    /// Boxed: only fragmented, compressed or partly received messages use it.
+    message: Option<Box<MessageInProgress>>,
     transmit: Transmit,
     /// A fragmented message we are sending: its first opcode, for checks.
     sending_fragmented: bool,
     close_deadline: Option<Instant>,
     /// Why the connection ended, once it has.
     close_reason: Option<Box<CloseCause>>,
-    scratch: BytesMut,
+}
+
+/// permessage-deflate, and the buffer compressed payloads are written into
+/// (kept between messages, freed by [`Connection::shrink_idle`]).
+#[derive(Debug)]
+struct Compression {
+    deflate: PerMessageDeflate,
+    out: BytesMut,
 }
 
 /// A frame whose header has been read and whose payload is arriving.
@@ -113,13 +121,15 @@ impl Connection {
             sending_fragmented: false,
             close_deadline: None,
             close_reason: None,
-            scratch: BytesMut::new(),
         }
     }
 
     /// Enables permessage-deflate as negotiated in the opening handshake.
     pub fn with_deflate(mut self, deflate: PerMessageDeflate) -> Self {
-        self.deflate = Some(Box::new(deflate));
+        self.deflate = Some(Box::new(Compression {
+            deflate,
+            out: BytesMut::new(),
+        }));
         self
     }
 
@@ -209,7 +219,9 @@ impl Connection {
             self.read = BytesMut::new();
         }
         self.transmit.shrink_idle();
-        self.scratch = BytesMut::new();
+        if let Some(compression) = self.deflate.as_mut() {
+            compression.out = BytesMut::new();
+        }
     }
 
     /// When [`Connection::handle_timeout`] must be called next, if ever.
@@ -247,8 +259,7 @@ impl Connection {
     }
 
     fn write_close(&mut self, frame: Option<&CloseFrame>) {
-        let mut payload = std::mem::take(&mut self.scratch);
-        payload.clear();
+        let mut payload = BytesMut::new();
         if let Some(frame) = frame {
             frame.encode(&mut payload);
         }
@@ -256,7 +267,6 @@ impl Connection {
             FrameHeader::new(OpCode::Close, payload.len() as u64),
             &payload,
         );
-        self.scratch = payload;
     }
 }
 

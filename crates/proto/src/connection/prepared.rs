@@ -104,7 +104,8 @@ impl Connection {
         if self.role == Role::Client {
             return self.send_data(message.opcode, message.payload.clone());
         }
-        if let Some(deflate) = self.deflate.as_mut() {
+        if let Some(compression) = self.deflate.as_mut() {
+            let deflate = &mut compression.deflate;
             if deflate.should_compress(message.len()) {
                 let Some(key) = deflate.stateless_key() else {
                     return self.send_data(message.opcode, message.payload.clone());

@@ -189,12 +189,12 @@ impl Connection {
             } else {
                 header.payload_len as usize
             };
-            self.message = Some(MessageInProgress {
+            self.message = Some(Box::new(MessageInProgress {
                 text: header.opcode == OpCode::Text,
                 compressed,
                 data: BytesMut::with_capacity(reserve),
                 utf8: Utf8Validator::new(),
-            });
+            }));
         }
 
         let available = remaining.min(self.read.len());
@@ -204,7 +204,11 @@ impl Connection {
         let chunk = self.take_payload(available, header.mask, offset);
         let message = self.message.as_mut().expect("set above");
         if message.compressed {
-            let deflate = self.deflate.as_mut().ok_or(ProtocolError::ReservedBits)?;
+            let deflate = &mut self
+                .deflate
+                .as_mut()
+                .ok_or(ProtocolError::ReservedBits)?
+                .deflate;
             let start = message.data.len();
             deflate.decompress(
                 &chunk,

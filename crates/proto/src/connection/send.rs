@@ -94,21 +94,23 @@ impl Connection {
         if self.sending_fragmented {
             return Err(Error::Misuse("a fragmented message is being sent"));
         }
-        if let Some(deflate) = self.deflate.as_mut() {
-            if deflate.should_compress(data.len()) {
-                let mut out = std::mem::take(&mut self.scratch);
+        if let Some(compression) = self.deflate.as_mut() {
+            if compression.deflate.should_compress(data.len()) {
+                let mut out = std::mem::take(&mut compression.out);
                 out.clear();
-                deflate.compress(&data, &mut out)?;
+                compression.deflate.compress(&data, &mut out)?;
                 // Incompressible data grows a little: send it as it is.
                 if out.len() < data.len() {
                     let mut header = FrameHeader::new(opcode, out.len() as u64);
                     header.rsv1 = true;
                     self.write_frame(header, &out);
-                    self.scratch = out;
+                    if let Some(compression) = self.deflate.as_mut() {
+                        compression.out = out;
+                    }
                     return Ok(());
                 }
-                deflate.discard_last_compressed();
-                self.scratch = out;
+                compression.deflate.discard_last_compressed();
+                compression.out = out;
             }
         }
         self.write_payload(FrameHeader::new(opcode, data.len() as u64), data);
