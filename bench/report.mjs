@@ -7,7 +7,19 @@ import fs from 'node:fs';
 
 const [file, started, machine, versions, loadBefore, loadAfter, duration, warmup, connections] =
   process.argv.slice(2);
-const rows = fs.readFileSync(file, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
+const runs = fs.readFileSync(file, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
+// C runs in rounds: each server's round with the median p50 stands for it,
+// with every round's p50/p99 kept for the table.
+const rounds = {};
+for (const r of runs.filter((r) => r.matrix === 'C' && !r.failed)) {
+  (rounds[r.server] ??= []).push(r);
+}
+const rows = runs.filter((r) => r.matrix !== 'C' || r.failed);
+for (const [server, rs] of Object.entries(rounds)) {
+  const sorted = [...rs].sort((a, b) => a.latency.p50_us - b.latency.p50_us);
+  const median = sorted[Math.floor((sorted.length - 1) / 2)];
+  rows.push({ ...median, rounds: rs.map((r) => r.latency) });
+}
 const PEERS = ['tungstenite', 'fastwebsockets', 'ws', 'uws'];
 const OURS = ['sockeye', 'sockeye-raw'];
 const NAMES = {
@@ -140,6 +152,17 @@ function echoTable(m, title) {
 echoTable('A', 'A: 100 connections, 20-byte text, 16 in flight each');
 echoTable('B', 'B: 10 connections, 64 KiB binary, 4 in flight each');
 echoTable('C', 'C: 1 connection, 20-byte text, ping-pong');
+if (of('C').some((r) => r.rounds && r.rounds.length > 1)) {
+  p('Each row above is the server\'s round with the median p50. Every round, in the order run');
+  p('(the rounds take the servers in turn), as p50 / p99 µs:');
+  p();
+  p('| server | rounds |');
+  p('|---|---|');
+  for (const r of of('C')) {
+    p(`| ${name(r.server)} | ${r.rounds.map((l) => `${f(l.p50_us)} / ${f(l.p99_us)}`).join(', ')} |`);
+  }
+  p();
+}
 
 if (of('D').length) {
   p(`### D: ${f(Number(connections))} idle connections`);

@@ -20,7 +20,11 @@
 # Scenarios (the issue's matrix):
 #   A  echo: 100 connections, 20-byte text, 16 in flight each
 #   B  echo: 10 connections, 64 KiB binary, 4 in flight each
-#   C  echo: 1 connection, 20-byte text, ping-pong (1 in flight)
+#   C  echo: 1 connection, 20-byte text, ping-pong (1 in flight), in C_ROUNDS
+#      rounds (default 3) that take the servers in turn: latency follows the
+#      machine's state from one minute to the next (p50 moved between 14 and
+#      22 µs for every server alike), so each server's round with the median
+#      p50 is reported, and every round's p50/p99 is listed
 #   D  idle: $CONNECTIONS connections held open, server RSS per connection
 #   E  large: 1 connection, 16 MiB binary, ping-pong
 #   F  fan-out: 10,000 subscribers, 100-byte messages (sockeye /ws vs Node ws,
@@ -29,14 +33,15 @@
 #
 # Environment: DURATION (10 s), WARMUP (1 s), CONNECTIONS (10000), HOLD (2 s),
 # SERVERS (all of the above), SCENARIOS ("A B C D E F G"), SERVER_CPU (0),
-# CLIENT_CPU (1), DOCS (1: rewrite the section in docs/BENCHMARKS.md; QUICK sets 0).
+# CLIENT_CPU (1), DOCS (1: rewrite the section in docs/BENCHMARKS.md; QUICK sets 0),
+# C_ROUNDS (3; QUICK sets 1).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 if [[ -n "${QUICK:-}" ]]; then
-  : "${DURATION:=1}" "${WARMUP:=0.5}" "${CONNECTIONS:=500}" "${HOLD:=0.5}" "${DOCS:=0}"
+  : "${DURATION:=1}" "${WARMUP:=0.5}" "${CONNECTIONS:=500}" "${HOLD:=0.5}" "${DOCS:=0}" "${C_ROUNDS:=1}"
 fi
 DURATION="${DURATION:-10}"
 WARMUP="${WARMUP:-1}"
@@ -47,6 +52,7 @@ SCENARIOS="${SCENARIOS:-A B C D E F G}"
 SERVER_CPU="${SERVER_CPU:-0}"
 CLIENT_CPU="${CLIENT_CPU:-1}"
 DOCS="${DOCS:-1}"
+C_ROUNDS="${C_ROUNDS:-3}"
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 if (( $(ulimit -n) < CONNECTIONS + 100 )); then
@@ -122,7 +128,7 @@ record() {
   echo "==> $scenario $server: sockeye bench $*" >&2
   local out
   if out="$(taskset -c "$CLIENT_CPU" "$SOCKEYE" bench "$@" --json 2>"$WORK/bench.log")"; then
-    echo "$out" | sed "s/^{/{\"matrix\":\"$scenario\",\"server\":\"$server\",/" >>"$RESULTS"
+    echo "$out" | sed "s/^{/{\"matrix\":\"$scenario\",\"server\":\"$server\",\"round\":${ROUND:-1},/" >>"$RESULTS"
     echo "$out" >&2
   else
     cat "$WORK/bench.log" >&2
@@ -149,7 +155,10 @@ for scenario in $SCENARIOS; do
   case "$scenario" in
     A) for s in $SERVERS; do run A "$s" echo --connections 100 --size 20 --in-flight 16 "${T[@]}"; done ;;
     B) for s in $SERVERS; do run B "$s" echo --connections 10 --size 65536 --binary --in-flight 4 "${T[@]}"; done ;;
-    C) for s in $SERVERS; do run C "$s" echo --connections 1 --size 20 --in-flight 1 "${T[@]}"; done ;;
+    C) for ROUND in $(seq "$C_ROUNDS"); do
+         for s in $SERVERS; do run C "$s" echo --connections 1 --size 20 --in-flight 1 "${T[@]}"; done
+       done
+       ROUND=1 ;;
     D) for s in $SERVERS; do
          run D "$s" idle --protocol raw --connections "$CONNECTIONS" --hold "$HOLD"
        done ;;
