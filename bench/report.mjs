@@ -8,17 +8,19 @@ import fs from 'node:fs';
 const [file, started, machine, versions, loadBefore, loadAfter, duration, warmup, connections] =
   process.argv.slice(2);
 const runs = fs.readFileSync(file, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
-// C runs in rounds: each server's round with the median p50 stands for it,
-// with every round's p50/p99 kept for the table.
-const rounds = {};
-for (const r of runs.filter((r) => r.matrix === 'C' && !r.failed)) {
-  (rounds[r.server] ??= []).push(r);
-}
-const rows = runs.filter((r) => r.matrix !== 'C' || r.failed);
-for (const [server, rs] of Object.entries(rounds)) {
-  const sorted = [...rs].sort((a, b) => a.latency.p50_us - b.latency.p50_us);
-  const median = sorted[Math.floor((sorted.length - 1) / 2)];
-  rows.push({ ...median, rounds: rs.map((r) => r.latency) });
+// B and C run in rounds: each server's median round stands for it (by CPU
+// per MB in B, by p50 in C), with every round kept for the tables.
+const ROUNDED = { B: (r) => r.server_cpu_per_mb_us, C: (r) => r.latency.p50_us };
+const rows = runs.filter((r) => !ROUNDED[r.matrix] || r.failed);
+for (const [m, key] of Object.entries(ROUNDED)) {
+  const rounds = {};
+  for (const r of runs.filter((r) => r.matrix === m && !r.failed)) {
+    (rounds[r.server] ??= []).push(r);
+  }
+  for (const rs of Object.values(rounds)) {
+    const sorted = [...rs].sort((a, b) => key(a) - key(b));
+    rows.push({ ...sorted[Math.floor((sorted.length - 1) / 2)], rounds: rs });
+  }
 }
 const PEERS = ['tungstenite', 'fastwebsockets', 'ws', 'uws'];
 const OURS = ['sockeye', 'sockeye-raw'];
@@ -149,20 +151,23 @@ function echoTable(m, title) {
   }
   p();
 }
-echoTable('A', 'A: 100 connections, 20-byte text, 16 in flight each');
-echoTable('B', 'B: 10 connections, 64 KiB binary, 4 in flight each');
-echoTable('C', 'C: 1 connection, 20-byte text, ping-pong');
-if (of('C').some((r) => r.rounds && r.rounds.length > 1)) {
-  p('Each row above is the server\'s round with the median p50. Every round, in the order run');
-  p('(the rounds take the servers in turn), as p50 / p99 µs:');
+function roundsTable(m, by, what, cell) {
+  if (!of(m).some((r) => r.rounds && r.rounds.length > 1)) return;
+  p(`Each row above is the server's median round by ${by}. Every round, in the order run`);
+  p('(the rounds take the servers in turn):');
   p();
-  p('| server | rounds |');
+  p(`| server | ${what}, each round |`);
   p('|---|---|');
-  for (const r of of('C')) {
-    p(`| ${name(r.server)} | ${r.rounds.map((l) => `${f(l.p50_us)} / ${f(l.p99_us)}`).join(', ')} |`);
+  for (const r of of(m)) {
+    p(`| ${name(r.server)} | ${r.rounds.map(cell).join(', ')} |`);
   }
   p();
 }
+echoTable('A', 'A: 100 connections, 20-byte text, 16 in flight each');
+echoTable('B', 'B: 10 connections, 64 KiB binary, 4 in flight each');
+roundsTable('B', 'server CPU per MB', 'server CPU µs per MB', (r) => f(r.server_cpu_per_mb_us));
+echoTable('C', 'C: 1 connection, 20-byte text, ping-pong');
+roundsTable('C', 'p50', 'p50 / p99 µs', (r) => `${f(r.latency.p50_us)} / ${f(r.latency.p99_us)}`);
 
 if (of('D').length) {
   p(`### D: ${f(Number(connections))} idle connections`);

@@ -20,11 +20,14 @@
 # Scenarios (the issue's matrix):
 #   A  echo: 100 connections, 20-byte text, 16 in flight each
 #   B  echo: 10 connections, 64 KiB binary, 4 in flight each
-#   C  echo: 1 connection, 20-byte text, ping-pong (1 in flight), in C_ROUNDS
-#      rounds (default 3) that take the servers in turn: latency follows the
-#      machine's state from one minute to the next (p50 moved between 14 and
-#      22 µs for every server alike), so each server's round with the median
-#      p50 is reported, and every round's p50/p99 is listed
+#   C  echo: 1 connection, 20-byte text, ping-pong (1 in flight)
+#   B and C run in ROUNDS rounds (default 3) that take the servers in turn:
+#   their figures follow the machine's state from one minute to the next
+#   (C's p50 moved between 14 and 22 µs for every server alike; B settles
+#   either with the server waking per message or with messages queued,
+#   fastwebsockets measured 296 and 447 µs/MB in two runs), so each server's
+#   median round is reported (by CPU per MB in B, by p50 in C) and every
+#   round is listed
 #   D  idle: $CONNECTIONS connections held open, server RSS per connection
 #   E  large: 1 connection, 16 MiB binary, ping-pong
 #   F  fan-out: 10,000 subscribers, 100-byte messages (sockeye /ws vs Node ws,
@@ -34,14 +37,14 @@
 # Environment: DURATION (10 s), WARMUP (1 s), CONNECTIONS (10000), HOLD (2 s),
 # SERVERS (all of the above), SCENARIOS ("A B C D E F G"), SERVER_CPU (0),
 # CLIENT_CPU (1), DOCS (1: rewrite the section in docs/BENCHMARKS.md; QUICK sets 0),
-# C_ROUNDS (3; QUICK sets 1).
+# ROUNDS (3, for B and C; QUICK sets 1).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 if [[ -n "${QUICK:-}" ]]; then
-  : "${DURATION:=1}" "${WARMUP:=0.5}" "${CONNECTIONS:=500}" "${HOLD:=0.5}" "${DOCS:=0}" "${C_ROUNDS:=1}"
+  : "${DURATION:=1}" "${WARMUP:=0.5}" "${CONNECTIONS:=500}" "${HOLD:=0.5}" "${DOCS:=0}" "${ROUNDS:=1}"
 fi
 DURATION="${DURATION:-10}"
 WARMUP="${WARMUP:-1}"
@@ -52,7 +55,7 @@ SCENARIOS="${SCENARIOS:-A B C D E F G}"
 SERVER_CPU="${SERVER_CPU:-0}"
 CLIENT_CPU="${CLIENT_CPU:-1}"
 DOCS="${DOCS:-1}"
-C_ROUNDS="${C_ROUNDS:-3}"
+ROUNDS="${ROUNDS:-3}"
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 if (( $(ulimit -n) < CONNECTIONS + 100 )); then
@@ -154,8 +157,13 @@ STARTED="$(date -u '+%Y-%m-%d %H:%M')"
 for scenario in $SCENARIOS; do
   case "$scenario" in
     A) for s in $SERVERS; do run A "$s" echo --connections 100 --size 20 --in-flight 16 "${T[@]}"; done ;;
-    B) for s in $SERVERS; do run B "$s" echo --connections 10 --size 65536 --binary --in-flight 4 "${T[@]}"; done ;;
-    C) for ROUND in $(seq "$C_ROUNDS"); do
+    B) for ROUND in $(seq "$ROUNDS"); do
+         for s in $SERVERS; do
+           run B "$s" echo --connections 10 --size 65536 --binary --in-flight 4 "${T[@]}"
+         done
+       done
+       ROUND=1 ;;
+    C) for ROUND in $(seq "$ROUNDS"); do
          for s in $SERVERS; do run C "$s" echo --connections 1 --size 20 --in-flight 1 "${T[@]}"; done
        done
        ROUND=1 ;;

@@ -36,10 +36,35 @@ fn bind(addr: SocketAddr) -> TcpListener {
     socket.listen(128).unwrap()
 }
 
-/// An address nothing listens on (yet).
+/// An address nothing listens on (yet), for a server that will be killed
+/// and started again on it.
+///
+/// The port comes from below the kernel's ephemeral range: a port the kernel
+/// handed out (bind to port 0) could be handed out again, to another test's
+/// outgoing connection, while the server is down, and the restart would
+/// then fail to bind.
 async fn free_addr() -> SocketAddr {
-    let listener = bind("127.0.0.1:0".parse().unwrap());
-    listener.local_addr().unwrap()
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000u16.min(ephemeral_low / 2);
+    let span = u32::from(ephemeral_low - low);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        ^ std::process::id().rotate_left(16);
+    for i in 0..span {
+        let port = low + u16::try_from((seed.wrapping_add(i)) % span).unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        if socket.bind(addr).is_ok() && socket.listen(1).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free port between {low} and {ephemeral_low}");
 }
 
 /// A server in a runtime of its own: killing it drops every task, and so
