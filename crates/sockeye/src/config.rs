@@ -23,8 +23,11 @@ pub struct Config {
     /// Extra headers: sent with the client's request, or added to the
     /// server's 101 response.
     pub headers: http::HeaderMap,
-    /// Bytes asked of the socket per read. Default 16 KiB: large enough for
-    /// throughput, small enough that an idle connection's buffer stays cheap.
+    /// Bytes asked of the socket per read. Default 16 KiB. A connection
+    /// waiting for input holds no read buffer whatever this is (it goes
+    /// back to a per-thread spare); a frame in progress reserves room for
+    /// its whole payload (up to 1 MiB) beyond this. 128 KiB halved the
+    /// reads of 64 KiB echoes but saved no CPU (docs/BENCHMARKS.md, B).
     pub read_buffer_size: usize,
     /// `feed` writes to the socket once this many bytes are queued, instead
     /// of waiting for a flush. Default 64 KiB: many small messages leave in
