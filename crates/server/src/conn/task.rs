@@ -45,16 +45,22 @@ pub(crate) async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // The await points a connection passes once (open, close, leaving its
+    // topics) are boxed: the task keeps room for its largest await point
+    // for its whole life, and an idle connection should pay only for
+    // waiting in `drive`.
     let endpoint = Arc::clone(&conn.shared.endpoint);
-    endpoint.handlers.open(conn.clone()).await;
+    Box::pin(endpoint.handlers.open(conn.clone())).await;
     let ending = drive(&mut ws, &conn, &endpoint, &mut shutdown).await;
     conn.shared.closing.store(true, Ordering::Relaxed);
-    conn.leave_everything().await;
+    Box::pin(conn.leave_everything()).await;
     endpoint.metrics.connection_closed(ending.code.0);
-    endpoint
-        .handlers
-        .close(conn.clone(), ending.code, ending.reason)
-        .await;
+    Box::pin(
+        endpoint
+            .handlers
+            .close(conn.clone(), ending.code, ending.reason),
+    )
+    .await;
     endpoint.forget(conn.id());
 }
 
@@ -192,7 +198,8 @@ where
                             }
                             at.ping = now + heartbeat.interval;
                             at.rearm(timer.as_mut());
-                            let _ = ws.feed(Message::Ping(bytes::Bytes::from_static(b"sockeye"))).await;
+                            let ping = Message::Ping(bytes::Bytes::from_static(b"sockeye"));
+                            let _ = Box::pin(ws.feed(ping)).await;
                         }
                         at.rearm(timer.as_mut());
                         continue;
@@ -218,15 +225,13 @@ where
             None => return Ending::new(CloseCode::ABNORMAL, "connection closed"),
             Some(Err(sockeye::Error::Protocol(error))) => {
                 let code = error.close_code();
-                endpoint
-                    .handlers
-                    .error(conn.clone(), sockeye::Error::Protocol(error.clone()))
-                    .await;
+                let protocol_error = sockeye::Error::Protocol(error.clone());
+                Box::pin(endpoint.handlers.error(conn.clone(), protocol_error)).await;
                 return Ending::new(code, error.to_string());
             }
             Some(Err(error)) => {
                 let ending = Ending::new(CloseCode::ABNORMAL, error.to_string());
-                endpoint.handlers.error(conn.clone(), error).await;
+                Box::pin(endpoint.handlers.error(conn.clone(), error)).await;
                 return ending;
             }
             Some(Ok(message)) => message,
@@ -248,9 +253,10 @@ where
                 // The reply went out with the next flush; finish the socket
                 // (bounded: a peer that reads nothing more would keep the
                 // flush waiting).
-                let _ =
-                    tokio::time::timeout(close_limit, async { while ws.recv().await.is_some() {} })
-                        .await;
+                let _ = Box::pin(tokio::time::timeout(close_limit, async {
+                    while ws.recv().await.is_some() {}
+                }))
+                .await;
                 return match frame {
                     Some(f) => Ending::new(f.code, f.reason.as_str()),
                     None => Ending::new(CloseCode::NO_STATUS, ""),
@@ -398,16 +404,22 @@ where
                 Poll::Ready(Err(frame)) => Step::Close(frame),
                 // (`drive` reads the flag itself after each drain: marking the
                 // value seen here loses nothing.)
-                Poll::Pending => tokio::select! {
-                    biased;
-                    written = write.as_mut() => match written {
-                        Ok(result) => Step::Wrote(result),
-                        Err(frame) => Step::Close(frame),
-                    },
-                    _ = conn.shared.close_requested.notified() => Step::CloseRequested,
-                    // (With every sender gone, `wait_for` fails: that is no shutdown.)
-                    Ok(_) = shutdown.wait_for(|down| *down) => Step::ShuttingDown,
-                },
+                // Boxed: only a connection whose socket is full gets here.
+                Poll::Pending => {
+                    Box::pin(async {
+                        tokio::select! {
+                            biased;
+                            written = write.as_mut() => match written {
+                                Ok(result) => Step::Wrote(result),
+                                Err(frame) => Step::Close(frame),
+                            },
+                            _ = conn.shared.close_requested.notified() => Step::CloseRequested,
+                            // (With every sender gone, `wait_for` fails: that is no shutdown.)
+                            Ok(_) = shutdown.wait_for(|down| *down) => Step::ShuttingDown,
+                        }
+                    })
+                    .await
+                }
             }
         };
         match step {
@@ -466,7 +478,26 @@ fn close_limit(endpoint: &EndpointShared) -> Duration {
 /// not one that does not read: the close frame waits behind bytes the
 /// socket does not take, and the socket is never shut down. `limit` bounds
 /// that; past it the socket is dropped.
-async fn close<S>(ws: &mut WebSocket<S>, code: CloseCode, reason: &str, limit: Duration) -> Ending
+///
+/// Boxed, as every await point a connection passes at most once: see `run`.
+fn close<'a, S>(
+    ws: &'a mut WebSocket<S>,
+    code: CloseCode,
+    reason: &'a str,
+    limit: Duration,
+) -> std::pin::Pin<Box<impl Future<Output = Ending> + 'a>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    Box::pin(close_now(ws, code, reason, limit))
+}
+
+async fn close_now<S>(
+    ws: &mut WebSocket<S>,
+    code: CloseCode,
+    reason: &str,
+    limit: Duration,
+) -> Ending
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
