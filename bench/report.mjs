@@ -220,7 +220,7 @@ if (failed.length) p();
 p('<details><summary>Raw results (one JSON line per run)</summary>');
 p();
 p('```');
-for (const r of rows) p(JSON.stringify(r));
+for (const r of runs) p(JSON.stringify(r));
 p('```');
 p();
 p('</details>');
