@@ -89,6 +89,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         self.inner.start_send_prepared(message)
     }
 
+    /// Queues a prepared message without waiting, as [`Sink::start_send`]
+    /// does for a [`Message`]: call it once [`Sink::poll_ready`] is ready.
+    pub fn start_send_prepared(
+        &mut self,
+        message: &sockeye_proto::PreparedMessage,
+    ) -> Result<(), Error> {
+        self.inner.start_send_prepared(message)
+    }
+
     /// Writes everything queued.
     pub async fn flush(&mut self) -> Result<(), Error> {
         poll_fn(|cx| self.inner.poll_flush(cx, Half::Writer)).await

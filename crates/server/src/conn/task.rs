@@ -2,12 +2,13 @@
 //! handlers, writes the queue, and enforces the endpoint's timers and limits.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::Stream;
+use futures_util::{Sink, Stream};
 use sockeye::WebSocket;
 use sockeye_proto::{CloseCode, CloseFrame, Message};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -38,10 +39,29 @@ impl Ending {
 }
 
 /// Runs a connection to its end; the close handler always runs.
-pub(crate) async fn run<S>(
+///
+/// Not an `async fn`: an async fn keeps its arguments and the locals they
+/// are moved into side by side (rust-lang/rust#62958), which would hold
+/// the `WebSocket` twice in every connection's task. The block below uses
+/// the captured values in place.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn run<S>(
     mut ws: WebSocket<S>,
     conn: Conn,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> impl Future<Output = ()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    async move {
+        run_connection(&mut ws, &conn, &mut shutdown).await;
+    }
+}
+
+async fn run_connection<S>(
+    ws: &mut WebSocket<S>,
+    conn: &Conn,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -51,7 +71,7 @@ pub(crate) async fn run<S>(
     // waiting in `drive`.
     let endpoint = Arc::clone(&conn.shared.endpoint);
     Box::pin(endpoint.handlers.open(conn.clone())).await;
-    let ending = drive(&mut ws, &conn, &endpoint, &mut shutdown).await;
+    let ending = drive(ws, conn, &endpoint, shutdown).await;
     conn.shared.closing.store(true, Ordering::Relaxed);
     Box::pin(conn.leave_everything()).await;
     endpoint.metrics.connection_closed(ending.code.0);
@@ -361,12 +381,6 @@ async fn drain<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    enum Step {
-        Wrote(Result<(), sockeye::Error>),
-        Close(CloseFrame),
-        CloseRequested,
-        ShuttingDown,
-    }
     let close_limit = close_limit(&conn.shared.endpoint);
     loop {
         let item = {
@@ -375,50 +389,20 @@ where
             queue.bytes = queue.bytes.saturating_sub(item.len());
             item
         };
-        // The write borrows `ws`; it ends with this block.
-        let step = {
-            let write = async {
-                match item {
-                    Outbound::Message(message) => {
-                        conn.shared.endpoint.metrics.message_out(message.len());
-                        Ok(ws.feed(message).await)
-                    }
-                    Outbound::Publication(publication) => match publication.prepared.get() {
-                        Some(prepared) => {
-                            conn.shared.endpoint.metrics.message_out(prepared.len());
-                            Ok(ws.feed_prepared(prepared).await)
-                        }
-                        None => Ok(Ok(())),
-                    },
-                    Outbound::Close(frame) => Err(frame),
-                }
-            };
-            let mut write = std::pin::pin!(write);
-            // Most writes finish at once (`feed` copies into the write buffer
-            // and writes only past its high mark): poll the write alone first,
-            // and watch for a close request or shutdown only when it has to
-            // wait, instead of building and dropping those futures per item.
-            let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
-            match first {
-                Poll::Ready(Ok(result)) => Step::Wrote(result),
-                Poll::Ready(Err(frame)) => Step::Close(frame),
-                // (`drive` reads the flag itself after each drain: marking the
-                // value seen here loses nothing.)
-                // Boxed: only a connection whose socket is full gets here.
-                Poll::Pending => {
-                    Box::pin(async {
-                        tokio::select! {
-                            biased;
-                            written = write.as_mut() => match written {
-                                Ok(result) => Step::Wrote(result),
-                                Err(frame) => Step::Close(frame),
-                            },
-                            _ = conn.shared.close_requested.notified() => Step::CloseRequested,
-                            // (With every sender gone, `wait_for` fails: that is no shutdown.)
-                            Ok(_) = shutdown.wait_for(|down| *down) => Step::ShuttingDown,
-                        }
-                    })
-                    .await
+        let step = match item {
+            Outbound::Close(frame) => Step::Close(frame),
+            item => {
+                // Most items go straight into the write buffer (it writes
+                // only past its high-water mark): check that without
+                // holding a future, and wait, in a box of its own, only
+                // when the socket is full. The task then keeps no room for
+                // a write in progress while it waits for input.
+                let ready =
+                    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *ws).poll_ready(cx))).await;
+                match ready {
+                    Poll::Ready(Ok(())) => Step::Wrote(start_send(ws, conn, item)),
+                    Poll::Ready(Err(error)) => Step::Wrote(Err(error)),
+                    Poll::Pending => Box::pin(wait_then_send(ws, conn, shutdown, item)).await,
                 }
             }
         };
@@ -451,6 +435,62 @@ where
                 )
             }
         }
+    }
+}
+
+/// What handing one queued item to the writer came to.
+enum Step {
+    Wrote(Result<(), sockeye::Error>),
+    Close(CloseFrame),
+    CloseRequested,
+    ShuttingDown,
+}
+
+/// Hands a message or publication to the writer, which has room.
+fn start_send<S>(ws: &mut WebSocket<S>, conn: &Conn, item: Outbound) -> Result<(), sockeye::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let metrics = &conn.shared.endpoint.metrics;
+    match item {
+        Outbound::Message(message) => {
+            metrics.message_out(message.len());
+            Pin::new(ws).start_send(message)
+        }
+        Outbound::Publication(publication) => match publication.prepared.get() {
+            Some(prepared) => {
+                metrics.message_out(prepared.len());
+                ws.start_send_prepared(prepared)
+            }
+            None => Ok(()),
+        },
+        // (`drain` takes close requests before asking for room.)
+        Outbound::Close(_) => Ok(()),
+    }
+}
+
+/// Waits for room in the writer, then hands it `item`; a close request or
+/// a shutdown ends the wait first (and `item` is dropped with the rest).
+async fn wait_then_send<S>(
+    ws: &mut WebSocket<S>,
+    conn: &Conn,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    item: Outbound,
+) -> Step
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // (`drive` reads the shutdown flag itself after each drain: marking the
+    // value seen here loses nothing.)
+    tokio::select! {
+        biased;
+        ready = std::future::poll_fn(|cx| Pin::new(&mut *ws).poll_ready(cx)) => match ready {
+            Ok(()) => Step::Wrote(start_send(ws, conn, item)),
+            Err(error) => Step::Wrote(Err(error)),
+        },
+        _ = conn.shared.close_requested.notified() => Step::CloseRequested,
+        // (With every sender gone, `wait_for` fails: that is no shutdown.)
+        Ok(_) = shutdown.wait_for(|down| *down) => Step::ShuttingDown,
     }
 }
 
