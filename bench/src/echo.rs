@@ -32,7 +32,8 @@ use tokio::sync::{Notify, Semaphore};
 use tracing::info;
 
 use crate::client::{Client, Prepared, Target};
-use crate::stats::{ratio, CpuMeter, CpuUse, Latencies, LatencySummary};
+use crate::stats::{errors_line, ratio, CpuMeter, CpuUse, Latencies, LatencySummary};
+use crate::tally::Tally;
 use crate::Error;
 
 /// The echo scenario's settings.
@@ -144,19 +145,11 @@ impl std::fmt::Display for EchoReport {
             "  echoes           {} ({:.0}/s, {:.1} MB/s)",
             self.messages, self.messages_per_s, self.mb_per_s
         )?;
-        let l = &self.latency;
+        writeln!(f, "  latency          {}", self.latency)?;
         writeln!(
             f,
-            "  latency          p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs",
-            l.p50_us, l.p99_us, l.p999_us, l.max_us
-        )?;
-        writeln!(
-            f,
-            "  errors           {}{}",
-            self.errors,
-            self.first_error
-                .as_ref()
-                .map_or(String::new(), |e| format!(" (first: {e})"))
+            "  errors           {}",
+            errors_line(self.errors, self.first_error.as_deref())
         )?;
         writeln!(
             f,
@@ -197,24 +190,11 @@ enum Phase {
 struct Shared {
     phase: Cell<Phase>,
     go: Notify,
-    ready: Cell<usize>,
-    failed: Cell<usize>,
-    setup: Notify,
+    tally: Tally,
     /// Echoes and their payload bytes in the window.
     messages: Cell<u64>,
     bytes: Cell<u64>,
     latencies: RefCell<Latencies>,
-    errors: Cell<u64>,
-    first_error: RefCell<Option<String>>,
-}
-
-impl Shared {
-    fn error(&self, what: impl std::fmt::Display) {
-        self.errors.set(self.errors.get() + 1);
-        self.first_error
-            .borrow_mut()
-            .get_or_insert_with(|| what.to_string());
-    }
 }
 
 /// Runs the scenario (inside a `LocalSet`, as [`crate::run`] does).
@@ -223,14 +203,10 @@ pub async fn run(config: &EchoConfig) -> Result<EchoReport, Error> {
     let shared = Rc::new(Shared {
         phase: Cell::new(Phase::Setup),
         go: Notify::new(),
-        ready: Cell::new(0),
-        failed: Cell::new(0),
-        setup: Notify::new(),
+        tally: Tally::default(),
         messages: Cell::new(0),
         bytes: Cell::new(0),
         latencies: RefCell::new(Latencies::new()),
-        errors: Cell::new(0),
-        first_error: RefCell::new(None),
     });
     let started = Instant::now();
     let permits = Rc::new(Semaphore::new(config.connect_concurrency.max(1)));
@@ -242,21 +218,12 @@ pub async fn run(config: &EchoConfig) -> Result<EchoReport, Error> {
             Rc::clone(&permits),
         ));
     }
-    while shared.ready.get() + shared.failed.get() < config.connections {
-        shared.setup.notified().await;
-    }
+    let connections = shared
+        .tally
+        .settled(config.connections, "no connection could be opened")
+        .await?;
     let setup_s = started.elapsed().as_secs_f64();
-    let connections = shared.ready.get();
     info!("{connections} connections open in {setup_s:.2} s");
-    if connections == 0 {
-        return Err(Error::Setup(
-            shared
-                .first_error
-                .borrow()
-                .clone()
-                .unwrap_or_else(|| "no connection could be opened".into()),
-        ));
-    }
 
     shared.phase.set(Phase::Warmup);
     shared.go.notify_waiters();
@@ -270,7 +237,9 @@ pub async fn run(config: &EchoConfig) -> Result<EchoReport, Error> {
     let messages = shared.messages.get();
     let bytes = shared.bytes.get();
     if messages == 0 {
-        shared.error("no echo arrived during the measured window");
+        shared
+            .tally
+            .error("no echo arrived during the measured window");
     }
     let wall = cpu.wall_s;
     let per_message = |cpu_s: f64| ratio(cpu_s * 1e6, messages as f64);
@@ -285,8 +254,8 @@ pub async fn run(config: &EchoConfig) -> Result<EchoReport, Error> {
         messages_per_s: ratio(messages as f64, wall),
         mb_per_s: ratio(bytes as f64 / 1e6, wall),
         latency: shared.latencies.borrow().summary(),
-        errors: shared.errors.get(),
-        first_error: shared.first_error.borrow().clone(),
+        errors: shared.tally.errors(),
+        first_error: shared.tally.first_error(),
         cpu,
         client_cpu_per_message_us: per_message(cpu.client_cpu_s),
         server_cpu_per_message_us: cpu.server_cpu_s.map(per_message),
@@ -337,15 +306,12 @@ async fn connection(config: EchoConfig, index: usize, shared: Rc<Shared>, permit
     let mut client = match opened {
         Ok(client) => client,
         Err(e) => {
-            shared.error(format!("connect: {e}"));
-            shared.failed.set(shared.failed.get() + 1);
-            shared.setup.notify_one();
+            shared.tally.failed(format!("connect: {e}"));
             return;
         }
     };
     let go = shared.go.notified();
-    shared.ready.set(shared.ready.get() + 1);
-    shared.setup.notify_one();
+    shared.tally.opened();
     if shared.phase.get() == Phase::Setup {
         go.await;
     }
@@ -358,7 +324,7 @@ async fn connection(config: EchoConfig, index: usize, shared: Rc<Shared>, permit
     .await
     {
         if shared.phase.get() != Phase::Done {
-            shared.error(format!("connection {index}: {e}"));
+            shared.tally.error(format!("connection {index}: {e}"));
         }
     }
 }
@@ -409,14 +375,14 @@ async fn echo_loop(
                 Message::Ping(_) | Message::Pong(_) => continue,
             };
             if data != expected || matches!(received, Message::Text(_)) == config.binary {
-                shared.error(format!(
+                shared.tally.error(format!(
                     "an echo differs from what was sent ({} bytes, expected {})",
                     data.len(),
                     expected.len()
                 ));
             }
             let Some(front) = sent_at.front_mut() else {
-                shared.error("an echo of a message never sent");
+                shared.tally.error("an echo of a message never sent");
                 continue;
             };
             echoes += 1;

@@ -35,7 +35,8 @@ use tokio::time::sleep_until;
 use tracing::{info, warn};
 
 use crate::client::{self, Client, Protocol, Target};
-use crate::stats::{ratio, CpuMeter, CpuUse, Latencies, LatencySummary};
+use crate::stats::{errors_line, ratio, CpuMeter, CpuUse, Latencies, LatencySummary};
+use crate::tally::Tally;
 use crate::Error;
 
 /// Bytes of a stamp: `T`, 16 hex digits of time, 8 of sequence.
@@ -190,19 +191,11 @@ impl std::fmt::Display for FanoutReport {
             "  deliveries       {} of {} ({:.0}/s)",
             self.deliveries, self.expected, self.deliveries_per_s
         )?;
-        let l = &self.latency;
+        writeln!(f, "  latency          {}", self.latency)?;
         writeln!(
             f,
-            "  latency          p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs",
-            l.p50_us, l.p99_us, l.p999_us, l.max_us
-        )?;
-        writeln!(
-            f,
-            "  errors           {}{}",
-            self.errors,
-            self.first_error
-                .as_ref()
-                .map_or(String::new(), |e| format!(" (first: {e})"))
+            "  errors           {}",
+            errors_line(self.errors, self.first_error.as_deref())
         )?;
         writeln!(
             f,
@@ -245,24 +238,12 @@ struct Shared {
     /// The publisher wants to hear when `delivered` reaches this.
     wake_at: Cell<u64>,
     progress: Notify,
-    ready: Cell<usize>,
-    failed: Cell<usize>,
-    setup: Notify,
-    errors: Cell<u64>,
-    first_error: RefCell<Option<String>>,
+    tally: Tally,
     /// The sockeye envelope up to the data: `{"type":"message","topic":"T","data":`.
     prefix: Vec<u8>,
 }
 
 impl Shared {
-    fn error(&self, what: impl std::fmt::Display) {
-        self.errors.set(self.errors.get() + 1);
-        let mut first = self.first_error.borrow_mut();
-        if first.is_none() {
-            *first = Some(what.to_string());
-        }
-    }
-
     /// A message arrived at a subscriber.
     fn on_message(&self, payload: &[u8]) {
         let Some((stamp, seq)) = find_stamp(payload, &self.prefix) else {
@@ -346,11 +327,7 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport, Error> {
         latencies: RefCell::new(Latencies::new()),
         wake_at: Cell::new(u64::MAX),
         progress: Notify::new(),
-        ready: Cell::new(0),
-        failed: Cell::new(0),
-        setup: Notify::new(),
-        errors: Cell::new(0),
-        first_error: RefCell::new(None),
+        tally: Tally::default(),
         prefix: format!(
             r#"{{"type":"message","topic":{},"data":"#,
             serde_json::Value::String(config.topic.clone())
@@ -368,24 +345,15 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport, Error> {
             Rc::clone(&permits),
         ));
     }
-    while shared.ready.get() + shared.failed.get() < config.subscribers {
-        shared.setup.notified().await;
-    }
+    let subscribers = shared
+        .tally
+        .settled(config.subscribers, "no subscriber could connect")
+        .await?;
     let setup_s = setup_started.elapsed().as_secs_f64();
-    let subscribers = shared.ready.get();
     info!(
         "{subscribers} subscribers ready in {setup_s:.2} s ({} failed)",
-        shared.failed.get()
+        shared.tally.failures()
     );
-    if subscribers == 0 {
-        return Err(Error::Setup(
-            shared
-                .first_error
-                .borrow()
-                .clone()
-                .unwrap_or_else(|| "no subscriber could connect".into()),
-        ));
-    }
 
     let mut publisher = Client::connect(&config.target).await?;
     publisher.abort_on_drop();
@@ -408,7 +376,7 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport, Error> {
     let cpu = published.meter.stop()?;
     let deliveries = shared.measured.get();
     if deliveries < measured_expected {
-        shared.error(format!(
+        shared.tally.error(format!(
             "{} deliveries missing",
             measured_expected - deliveries
         ));
@@ -431,8 +399,8 @@ pub async fn run(config: &FanoutConfig) -> Result<FanoutReport, Error> {
         publishes_per_s: ratio(published.count as f64, published.span.as_secs_f64()),
         deliveries_per_s: ratio(deliveries_f, span),
         latency: shared.latencies.borrow().summary(),
-        errors: shared.errors.get(),
-        first_error: shared.first_error.borrow().clone(),
+        errors: shared.tally.errors(),
+        first_error: shared.tally.first_error(),
         cpu,
         client_cpu_per_delivery_us: ratio(cpu.client_cpu_s * 1e6, deliveries_f),
         server_cpu_per_delivery_us: cpu.server_cpu_s.map(|s| ratio(s * 1e6, deliveries_f)),
@@ -454,14 +422,11 @@ async fn subscriber(config: FanoutConfig, shared: Rc<Shared>, permits: Rc<Semaph
     .await;
     let mut client = match opened {
         Ok(client) => {
-            shared.ready.set(shared.ready.get() + 1);
-            shared.setup.notify_one();
+            shared.tally.opened();
             client
         }
         Err(e) => {
-            shared.error(format!("subscriber setup: {e}"));
-            shared.failed.set(shared.failed.get() + 1);
-            shared.setup.notify_one();
+            shared.tally.failed(format!("subscriber setup: {e}"));
             return;
         }
     };
@@ -470,13 +435,15 @@ async fn subscriber(config: FanoutConfig, shared: Rc<Shared>, permits: Rc<Semaph
             Ok(Some(Message::Text(text))) => shared.on_message(text.as_bytes()),
             Ok(Some(Message::Binary(data))) => shared.on_message(&data),
             Ok(Some(Message::Close(frame))) => {
-                shared.error(format!("subscriber closed by the server: {frame:?}"));
+                shared
+                    .tally
+                    .error(format!("subscriber closed by the server: {frame:?}"));
                 return;
             }
             Ok(Some(_)) => {}
             Ok(None) => return,
             Err(e) => {
-                shared.error(format!("subscriber: {e}"));
+                shared.tally.error(format!("subscriber: {e}"));
                 return;
             }
         }
@@ -557,7 +524,7 @@ async fn publish(
         if !window_open {
             let since = *stalled_since.get_or_insert_with(Instant::now);
             if since.elapsed() > STALL {
-                shared.error(format!(
+                shared.tally.error(format!(
                     "the window stalled: {} of {need} deliveries after {} s",
                     shared.delivered.get(),
                     STALL.as_secs()
@@ -610,7 +577,7 @@ fn on_reply(shared: &Shared, message: Message, refused: &mut u64) {
     const ERROR: &[u8] = br#""type":"error""#;
     if payload.windows(ERROR.len()).any(|w| w == ERROR) {
         *refused += 1;
-        shared.error(format!(
+        shared.tally.error(format!(
             "publish refused: {}",
             String::from_utf8_lossy(&payload)
         ));

@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sockeye_proto::Message;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::info;
 
 use crate::client::{self, Client, Protocol, Target};
-use crate::stats::{CpuMeter, CpuUse, Pid};
+use crate::stats::{errors_line, CpuMeter, CpuUse, Pid};
+use crate::tally::Tally;
 use crate::Error;
 
 /// The time between two RSS samples.
@@ -134,29 +135,15 @@ impl std::fmt::Display for IdleReport {
         }
         write!(
             f,
-            "  errors           {}{}",
-            self.errors,
-            self.first_error
-                .as_ref()
-                .map_or(String::new(), |e| format!(" (first: {e})"))
+            "  errors           {}",
+            errors_line(self.errors, self.first_error.as_deref())
         )
     }
 }
 
 struct Shared {
-    ready: Cell<usize>,
-    failed: Cell<usize>,
-    setup: Notify,
+    tally: Tally,
     pings: Cell<u64>,
-    errors: Cell<u64>,
-    first_error: std::cell::RefCell<Option<String>>,
-}
-
-impl Shared {
-    fn error(&self, what: String) {
-        self.errors.set(self.errors.get() + 1);
-        self.first_error.borrow_mut().get_or_insert(what);
-    }
 }
 
 /// Runs the scenario (inside a `LocalSet`, as [`crate::run`] does).
@@ -165,12 +152,8 @@ pub async fn run(config: &IdleConfig) -> Result<IdleReport, Error> {
     let rss = || server.map(Pid::rss_kib).transpose();
     let rss_before = rss()?;
     let shared = Rc::new(Shared {
-        ready: Cell::new(0),
-        failed: Cell::new(0),
-        setup: Notify::new(),
+        tally: Tally::default(),
         pings: Cell::new(0),
-        errors: Cell::new(0),
-        first_error: Default::default(),
     });
     let started = Instant::now();
     let permits = Rc::new(Semaphore::new(config.connect_concurrency.max(1)));
@@ -188,21 +171,12 @@ pub async fn run(config: &IdleConfig) -> Result<IdleReport, Error> {
             Rc::clone(&permits),
         ));
     }
-    while shared.ready.get() + shared.failed.get() < config.connections {
-        shared.setup.notified().await;
-    }
+    let opened = shared
+        .tally
+        .settled(config.connections, "no connection could be opened")
+        .await?;
     let setup_s = started.elapsed().as_secs_f64();
-    let opened = shared.ready.get();
     info!("{opened} connections open in {setup_s:.2} s");
-    if opened == 0 {
-        return Err(Error::Setup(
-            shared
-                .first_error
-                .borrow()
-                .clone()
-                .unwrap_or_else(|| "no connection could be opened".into()),
-        ));
-    }
 
     tokio::time::sleep(config.settle).await;
     let rss_open = match server {
@@ -225,7 +199,7 @@ pub async fn run(config: &IdleConfig) -> Result<IdleReport, Error> {
     let hold_cpu = meter.stop()?;
     let rss_end = rss()?;
     let per = |after: Option<u64>| Some((after? as f64 - rss_before? as f64) / opened as f64);
-    let first_error = shared.first_error.borrow().clone();
+    let first_error = shared.tally.first_error();
     Ok(IdleReport {
         url: config.target.uri.to_string(),
         protocol: config.protocol,
@@ -239,7 +213,7 @@ pub async fn run(config: &IdleConfig) -> Result<IdleReport, Error> {
         kib_per_connection: per(rss_open),
         kib_per_connection_end: per(rss_end),
         pings: shared.pings.get(),
-        errors: shared.errors.get(),
+        errors: shared.tally.errors(),
         first_error,
         hold_cpu,
     })
@@ -260,25 +234,24 @@ async fn connection(config: IdleConfig, topic: String, shared: Rc<Shared>, permi
     let mut client = match opened {
         Ok(client) => client,
         Err(e) => {
-            shared.error(format!("connection setup: {e}"));
-            shared.failed.set(shared.failed.get() + 1);
-            shared.setup.notify_one();
+            shared.tally.failed(format!("connection setup: {e}"));
             return;
         }
     };
-    shared.ready.set(shared.ready.get() + 1);
-    shared.setup.notify_one();
+    shared.tally.opened();
     loop {
         match client.recv().await {
             Ok(Some(Message::Ping(_))) => shared.pings.set(shared.pings.get() + 1),
             Ok(Some(Message::Close(frame))) => {
-                shared.error(format!("closed by the server: {frame:?}"));
+                shared
+                    .tally
+                    .error(format!("closed by the server: {frame:?}"));
                 return;
             }
             Ok(Some(_)) => {}
             Ok(None) => return,
             Err(e) => {
-                shared.error(format!("connection: {e}"));
+                shared.tally.error(format!("connection: {e}"));
                 return;
             }
         }

@@ -36,6 +36,7 @@ pub mod fanout;
 pub mod idle;
 pub mod large;
 mod stats;
+mod tally;
 
 pub use client::{Protocol, Target};
 pub use stats::{CpuUse, LatencySummary, Pid, Syscalls};

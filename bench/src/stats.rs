@@ -210,6 +210,24 @@ pub struct LatencySummary {
     pub max_us: f64,
 }
 
+impl std::fmt::Display for LatencySummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs",
+            self.p50_us, self.p99_us, self.p999_us, self.max_us
+        )
+    }
+}
+
+/// A report's error count, with the first error when there was one.
+pub(crate) fn errors_line(errors: u64, first: Option<&str>) -> String {
+    match first {
+        Some(first) => format!("{errors} (first: {first})"),
+        None => errors.to_string(),
+    }
+}
+
 impl Latencies {
     pub(crate) fn new() -> Self {
         Latencies(

@@ -224,18 +224,20 @@ fn local_ws_url(local: &str, record: &WsRecord) -> Result<String, Refused> {
     Ok(format!("ws://{authority}{}", record.uri))
 }
 
+/// The recorded WebSocket `id`, or a 404 naming it.
+fn find_websocket(store: &Store, id: u64) -> Result<&WsRecord, Refused> {
+    store
+        .websocket(id)
+        .ok_or_else(|| Refused(http::StatusCode::NOT_FOUND, format!("no WebSocket {id}")))
+}
+
 /// Opens a new connection to the local server like `websocket`'s (same
 /// path, subprotocol, Origin, cookies), sends captured message `seq`, and
 /// returns what came back within a second.
 pub(crate) async fn resend(shared: &Shared, websocket: u64, seq: u64) -> Result<Value, Refused> {
     let (url, message, protocol, headers) = {
         let store = shared.lock();
-        let record = store.websocket(websocket).ok_or_else(|| {
-            Refused(
-                http::StatusCode::NOT_FOUND,
-                format!("no WebSocket {websocket}"),
-            )
-        })?;
+        let record = find_websocket(&store, websocket)?;
         let capture = record.capture.as_ref().ok_or_else(|| {
             Refused(
                 http::StatusCode::CONFLICT,
@@ -323,12 +325,7 @@ pub(crate) async fn resend(shared: &Shared, websocket: u64, seq: u64) -> Result<
 /// its client sent that was kept whole, as a shell script.
 pub(crate) fn export(shared: &Shared, websocket: u64) -> Result<String, Refused> {
     let store = shared.lock();
-    let record = store.websocket(websocket).ok_or_else(|| {
-        Refused(
-            http::StatusCode::NOT_FOUND,
-            format!("no WebSocket {websocket}"),
-        )
-    })?;
+    let record = find_websocket(&store, websocket)?;
     let (local, _) = tunnel_local(&store, &record.tunnel)?;
     let url = local_ws_url(&local, record)?;
     let mut script = format!(
