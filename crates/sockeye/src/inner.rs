@@ -16,6 +16,10 @@ use tokio::time::Sleep;
 
 use crate::{spare, Config, Error};
 
+/// Half-received bytes up to this many are moved out of the read buffer
+/// when the socket goes quiet; see [`Inner::poll_read`].
+const SMALL_PARTIAL: usize = 1024;
+
 #[derive(Debug)]
 pub(crate) struct Inner<S> {
     pub(crate) conn: Connection,
@@ -236,6 +240,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             Poll::Pending => {
                 if buf.is_empty() {
                     spare::put_read(std::mem::take(buf));
+                } else if buf.len() <= SMALL_PARTIAL && buf.capacity() > 4 * SMALL_PARTIAL {
+                    // A few bytes of a frame and then silence (a slow or
+                    // stalled peer): they move to a buffer of their own
+                    // size, and the big one goes back. Otherwise a peer
+                    // sending one byte would hold a whole read buffer.
+                    let mut big = std::mem::replace(buf, bytes::BytesMut::from(&buf[..]));
+                    big.clear();
+                    spare::put_read(big);
                 }
                 Poll::Pending
             }
@@ -479,6 +491,30 @@ mod tests {
         assert!(server.inner.conn.transmit().wants_buffer());
         assert_eq!(
             client.recv().await.unwrap().unwrap(),
+            Message::text("hello")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_stalls_mid_frame_holds_only_what_it_sent() {
+        use tokio::io::AsyncWriteExt;
+        let (mut peer, io) = tokio::io::duplex(1 << 20);
+        let mut server = WebSocket::from_raw(io, Role::Server, Config::default(), None);
+        // A masked text frame "hello", sent as its first 3 bytes, then the rest.
+        let mask = [1u8, 2, 3, 4];
+        let mut frame = vec![0x81, 0x80 | 5];
+        frame.extend_from_slice(&mask);
+        frame.extend(b"hello".iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        peer.write_all(&frame[..3]).await.unwrap();
+        assert!(waits(&mut server).await);
+        let held = server.inner.conn.read_buf().capacity();
+        assert!(
+            held < 64,
+            "a stalled 3-byte frame holds a {held}-byte buffer"
+        );
+        peer.write_all(&frame[3..]).await.unwrap();
+        assert_eq!(
+            server.recv().await.unwrap().unwrap(),
             Message::text("hello")
         );
     }
