@@ -83,8 +83,8 @@ start_server() {
   case "$1" in
     sockeye)
       # One core, so one tokio worker (the default is one per CPU of the machine).
-      NO_COLOR=1 RUST_LOG=info TOKIO_WORKER_THREADS=1 taskset -c "$SERVER_CPU" \
-        "$SOCKEYE" serve --addr 127.0.0.1:0 2>"$log" &
+      NO_COLOR=1 RUST_LOG=info taskset -c "$SERVER_CPU" \
+        "$SOCKEYE" serve --addr 127.0.0.1:0 --threads 1 2>"$log" &
       ;;
     node)
       taskset -c "$SERVER_CPU" node "$PEERS/ws-fanout.mjs" 0 >"$log" 2>&1 &

@@ -8,7 +8,7 @@
 #
 # Servers (a fresh process per scenario, pinned to CPU $SERVER_CPU):
 #   sockeye          `sockeye serve --no-compression`, its framework endpoint /echo,
-#                    TOKIO_WORKER_THREADS=1 (one worker for the one core)
+#                    --threads 1 (one worker for the one core)
 #   sockeye-raw      bench/examples/echo-server.rs: sockeye_server::EchoServer
 #                    (sockeye::WebSocket, a task per connection), current-thread runtime
 #   tungstenite      tokio-tungstenite 0.30 (bench/peers/rust), current-thread runtime
@@ -32,7 +32,8 @@
 #   E  large: 1 connection, 16 MiB binary, ping-pong
 #   F  fan-out: 10,000 subscribers, 100-byte messages (sockeye /ws vs Node ws,
 #      as bench/run-fanout-idle.sh; window 16, rate cap 190/s)
-#   G  scenario A through `sockeye proxy` (unpinned) in front of `sockeye serve`
+#   G  scenario A through `sockeye proxy` (unpinned; --threads 1, then its default) in
+#      front of `sockeye serve`
 #
 # Environment: DURATION (10 s), WARMUP (1 s), CONNECTIONS (10000), HOLD (2 s),
 # SERVERS (all of the above), SCENARIOS ("A B C D E F G"), SERVER_CPU (0),
@@ -104,8 +105,8 @@ start_server() {
   : >"$log"
   case "$name" in
     sockeye|sockeye-ws)
-      NO_COLOR=1 RUST_LOG=info TOKIO_WORKER_THREADS=1 taskset -c "$SERVER_CPU" \
-        "$SOCKEYE" serve --addr 127.0.0.1:0 --no-compression --max-message-size $((64 << 20)) 2>"$log" &
+      NO_COLOR=1 RUST_LOG=info taskset -c "$SERVER_CPU" \
+        "$SOCKEYE" serve --addr 127.0.0.1:0 --threads 1 --no-compression --max-message-size $((64 << 20)) 2>"$log" &
       path=/echo; [[ "$name" == sockeye-ws ]] && path=/ws ;;
     sockeye-raw) taskset -c "$SERVER_CPU" "$RAW_ECHO" 0 >"$log" 2>&1 & path=/echo ;;
     tungstenite) taskset -c "$SERVER_CPU" "$RUST_PEERS/tungstenite-echo" 0 >"$log" 2>&1 & ;;
@@ -173,21 +174,28 @@ for scenario in $SCENARIOS; do
     E) for s in $SERVERS; do run E "$s" large "${T[@]}"; done ;;
     F) run F sockeye-ws fanout --protocol sockeye --subscribers "$CONNECTIONS" --window 16 --size 100 --rate 190 "${T[@]}"
        run F ws-fanout fanout --protocol raw --subscribers "$CONNECTIONS" --window 16 --size 100 --rate 190 "${T[@]}" ;;
-    G) # Direct and through the proxy, interleaved; the proxy may use both cores.
+    G) # Direct, then through the proxy with one worker thread (as every server here runs
+       # one) and with its default (one per core), interleaved; the proxy is unpinned.
        for round in 1 2; do
          start_server sockeye
          backend="$URL"
          record G "direct-$round" echo --connections 100 --size 20 --in-flight 16 "${T[@]}" \
            --url "$backend" --server-pid "$SERVER_PID"
-         NO_COLOR=1 RUST_LOG=info "$SOCKEYE" proxy --listen 127.0.0.1:0 --to "${backend%/echo}" \
-           2>"$WORK/proxy.log" &
-         proxy_pid=$!
-         PIDS+=("$proxy_pid")
-         port="$(wait_listening "$WORK/proxy.log" "$proxy_pid" proxy)"
-         [[ -n "$port" ]] || exit 1
-         # The report's "server" CPU is the proxy's here.
-         record G "proxy-$round" echo --connections 100 --size 20 --in-flight 16 "${T[@]}" \
-           --url "ws://127.0.0.1:$port/echo" --server-pid "$proxy_pid"
+         for threads in 1 default; do
+           threads_arg=()
+           [[ "$threads" == default ]] || threads_arg=(--threads "$threads")
+           NO_COLOR=1 RUST_LOG=info "$SOCKEYE" proxy --listen 127.0.0.1:0 --to "${backend%/echo}" \
+             "${threads_arg[@]}" 2>"$WORK/proxy.log" &
+           proxy_pid=$!
+           PIDS+=("$proxy_pid")
+           port="$(wait_listening "$WORK/proxy.log" "$proxy_pid" proxy)"
+           [[ -n "$port" ]] || exit 1
+           # The report's "server" CPU is the proxy's here.
+           record G "proxy-$threads-$round" echo --connections 100 --size 20 --in-flight 16 "${T[@]}" \
+             --url "ws://127.0.0.1:$port/echo" --server-pid "$proxy_pid"
+           kill "$proxy_pid"
+           wait "$proxy_pid" 2>/dev/null || true
+         done
          stop_all
          sleep 1
        done ;;

@@ -1,6 +1,7 @@
 //! The `sockeye` command: parses arguments, then makes one library call per subcommand.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +43,9 @@ struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the log says which).
     #[arg(long, default_value = "127.0.0.1:3000")]
     addr: SocketAddr,
+    /// Worker threads (default: one per core).
+    #[arg(long, value_name = "N")]
+    threads: Option<NonZeroUsize>,
     /// Join a cluster: relay pub/sub, history and presence through this Redis.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
@@ -64,6 +68,10 @@ struct ProxyArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Worker threads (default: one per core). On a machine whose cores are
+    /// busy with the backend, fewer threads relay with less CPU.
+    #[arg(long, value_name = "N")]
+    threads: Option<NonZeroUsize>,
     /// The backend for every path no --route matches (ws://, wss://, http:// or https://).
     #[arg(long, value_name = "URL")]
     to: Option<String>,
@@ -97,8 +105,8 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Serve(args) => tokio::runtime::Runtime::new()?.block_on(serve(args)),
-        Command::Proxy(args) => tokio::runtime::Runtime::new()?.block_on(proxy(args)),
+        Command::Serve(args) => runtime(args.threads)?.block_on(serve(args)),
+        Command::Proxy(args) => runtime(args.threads)?.block_on(proxy(args)),
         Command::Connect(args) => {
             std::process::exit(tokio::runtime::Runtime::new()?.block_on(connect::run(args)))
         }
@@ -109,6 +117,15 @@ fn main() -> anyhow::Result<()> {
         Command::Http(args) => tokio::runtime::Runtime::new()?.block_on(tunnel::http(args)),
         Command::Start(args) => tokio::runtime::Runtime::new()?.block_on(tunnel::start(args)),
     }
+}
+
+/// A multi-thread runtime with `threads` workers, or one per core.
+fn runtime(threads: Option<NonZeroUsize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = threads {
+        builder.worker_threads(threads.get());
+    }
+    builder.enable_all().build()
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

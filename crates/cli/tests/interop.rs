@@ -178,7 +178,15 @@ struct Proxy {
 impl Proxy {
     async fn start(backend: &str) -> Proxy {
         let mut child = Command::new(BIN)
-            .args(["proxy", "--listen", "127.0.0.1:0", "--to", backend])
+            .args([
+                "proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--to",
+                backend,
+                "--threads",
+                "1",
+            ])
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -144,6 +144,33 @@ impl FrameSplitter {
         Ok(Some((RelayEvent::FrameStart(header), header_len)))
     }
 
+    /// Passes over whole data frames at the start of `input` without
+    /// reporting them: returns the bytes passed over and how many frames
+    /// they held. For a caller that only needs to see control frames and
+    /// frame boundaries, this is the same as calling
+    /// [`FrameSplitter::next_event`] until each frame's end, at one header
+    /// parse per frame.
+    ///
+    /// Stops at a control frame, at a data frame not wholly in `input`, at
+    /// a header it cannot parse (left for `next_event` to report), and at
+    /// once when a frame is in progress; the splitter stays at a boundary.
+    pub fn skip_whole_data_frames(&self, input: &[u8]) -> (usize, u64) {
+        let (mut pos, mut frames) = (0, 0);
+        if self.frame.is_some() {
+            return (0, 0);
+        }
+        while let Ok(Some((header, header_len))) = FrameHeader::parse(&input[pos..]) {
+            let rest = (input.len() - pos - header_len) as u64;
+            if header.opcode.is_control() || header.payload_len > rest {
+                break;
+            }
+            // At most `rest`, which came from a usize.
+            pos += header_len + header.payload_len as usize;
+            frames += 1;
+        }
+        (pos, frames)
+    }
+
     /// Whether a frame has started and not yet ended: bytes written to the
     /// other side since the last [`RelayEvent::FrameEnd`] leave it inside a
     /// frame, where nothing may be injected.
@@ -290,6 +317,35 @@ mod tests {
         assert_eq!(used, 1000);
         assert!(splitter.is_mid_frame());
         assert_eq!(splitter.current().unwrap().payload_len, 1 << 40);
+    }
+
+    #[test]
+    fn skipping_passes_over_whole_data_frames_only() {
+        let (wire, _) = sample();
+        let text = frame(OpCode::Text, true, b"Hello", Some([0x37, 0xfa, 0x21, 0x3d])).len();
+        let first_two = text + frame(OpCode::Binary, false, &[0; 300], None).len();
+        let splitter = FrameSplitter::new();
+        // Stops at the ping, which is left for next_event.
+        assert_eq!(splitter.skip_whole_data_frames(&wire), (first_two, 2));
+        // A data frame cut short is not passed over.
+        assert_eq!(
+            splitter.skip_whole_data_frames(&wire[..first_two - 1]),
+            (text, 1)
+        );
+        // What comes after the skip is what next_event would have found there.
+        let mut splitter = FrameSplitter::new();
+        let (event, _) = splitter.next_event(&wire[first_two..]).unwrap().unwrap();
+        assert!(matches!(event, RelayEvent::FrameStart(h) if h.opcode == OpCode::Ping));
+        // Mid-frame, nothing is skipped.
+        let mut splitter = FrameSplitter::new();
+        splitter.next_event(&wire).unwrap();
+        assert_eq!(splitter.skip_whole_data_frames(&wire[text..]), (0, 0));
+        // A reserved opcode stops the skip and is reported by next_event.
+        let mut bad = frame(OpCode::Text, true, b"ok", None);
+        bad.extend([0x83, 0x00]);
+        let mut splitter = FrameSplitter::new();
+        assert_eq!(splitter.skip_whole_data_frames(&bad), (4, 1));
+        assert!(splitter.next_event(&bad[4..]).is_err());
     }
 
     #[test]

@@ -222,6 +222,13 @@ impl<'c, 'a> Pump<'c, 'a> {
         }
         let mut pos = 0;
         loop {
+            if self.header.is_none() && self.conn.frames.is_none() {
+                // Nobody looks at data frames: pass over whole ones at one
+                // header parse each.
+                let (skipped, frames) = self.splitter.skip_whole_data_frames(&input[pos..]);
+                pos += skipped;
+                self.frames += frames;
+            }
             let (event, used) = match self.splitter.next_event(&input[pos..]) {
                 Ok(Some(found)) => found,
                 Ok(None) => return segment(pos, pos, Next::Wait),
