@@ -23,10 +23,11 @@ for (const [m, key] of Object.entries(ROUNDED)) {
   }
 }
 const PEERS = ['tungstenite', 'fastwebsockets', 'ws', 'uws'];
-const OURS = ['sockeye', 'sockeye-raw'];
+const OURS = ['sockeye', 'sockeye-raw', 'sockeye-loop'];
 const NAMES = {
   sockeye: 'sockeye (`serve` /echo)',
   'sockeye-raw': 'sockeye (`EchoServer`)',
+  'sockeye-loop': 'sockeye (`sockeye-loop`)',
   tungstenite: 'tokio-tungstenite',
   fastwebsockets: 'fastwebsockets',
   ws: 'Node ws',
@@ -80,14 +81,16 @@ p(`- **Machine:** ${machine}.`);
 p(`- **Versions:** ${versions}.`);
 p(`- **Command:** \`DURATION=${duration} WARMUP=${warmup} bench/run.sh\` (windows of ${duration} s after ${warmup} s of warm-up; D: ${f(Number(connections))} connections).`);
 p('- **Servers:** `sockeye (serve /echo)` is the framework endpoint (`sockeye serve --no-compression`);');
-p('  `sockeye (EchoServer)` is `bench/examples/echo-server.rs`; the peers are in `bench/peers/`.');
+p('  `sockeye (EchoServer)` is `bench/examples/echo-server.rs` (a tokio task per connection);');
+p('  `sockeye (sockeye-loop)` is `bench/examples/loop-echo.rs` (one mio event loop, no task per');
+p('  connection); the peers are in `bench/peers/`.');
 p();
 
 // Targets.
 p('### Targets');
 p();
-p('| scenario | measure | sockeye (serve /echo) | sockeye (EchoServer) | best peer | target | met |');
-p('|---|---|---:|---:|---:|---|---|');
+p('| scenario | measure | sockeye (serve /echo) | sockeye (EchoServer) | sockeye (sockeye-loop) | best peer | target | met |');
+p('|---|---|---:|---:|---:|---:|---|---|');
 const verdict = (ok) => (ok === null ? '–' : ok ? 'yes' : '**no**');
 function targetRow(label, measure, m, key, higher, target, test, digits = 0, unit = '') {
   const b = best(m, key, higher);
@@ -95,7 +98,7 @@ function targetRow(label, measure, m, key, higher, target, test, digits = 0, uni
   const oks = vals.map((v) => (v === null || v === undefined || !b ? null : test(v, b.v)));
   const met = oks.every((o) => o === null) ? null : oks.some((o) => o);
   const cell = (v, ok) => (v === null || v === undefined ? '–' : `${f(v, digits)}${unit}${ok === null ? '' : ok ? ' ✓' : ' ✗'}`);
-  p(`| ${label} | ${measure} | ${cell(vals[0], oks[0])} | ${cell(vals[1], oks[1])} | ${b ? `${f(b.v, digits)}${unit} (${name(b.s)})` : '–'} | ${target} | ${verdict(met)} |`);
+  p(`| ${label} | ${measure} | ${vals.map((v, i) => cell(v, oks[i])).join(' | ')} | ${b ? `${f(b.v, digits)}${unit} (${name(b.s)})` : '–'} | ${target} | ${verdict(met)} |`);
 }
 targetRow('A', 'echoes/s', 'A', (r) => r.messages_per_s, true, '≥ 1.5 × best peer', (v, b) => v >= 1.5 * b);
 targetRow('A', 'server CPU µs per echo', 'A', (r) => r.server_cpu_per_message_us, false, '≤ 0.5 × best peer', (v, b) => v <= 0.5 * b, 3);
@@ -108,7 +111,7 @@ targetRow('C', 'p99 µs', 'C', (r) => r.latency.p99_us, false, '≤ best peer', 
   const vals = OURS.map((s) => (get('D', s) ? get('D', s).kib_per_connection : null));
   const oks = vals.map((v) => (v === null || uv === null ? null : v < uv));
   const b = best('D', (r) => r.kib_per_connection, false);
-  p(`| D | server RSS KiB per idle connection | ${f(vals[0], 2)} | ${f(vals[1], 2)} | ${b ? `${f(b.v, 2)} (${name(b.s)})` : '–'} | < uWebSockets.js (${f(uv, 2)}) | ${verdict(oks.every((o) => o === null) ? null : oks.some((o) => o))} |`);
+  p(`| D | server RSS KiB per idle connection | ${vals.map((v) => f(v, 2)).join(' | ')} | ${b ? `${f(b.v, 2)} (${name(b.s)})` : '–'} | < uWebSockets.js (${f(uv, 2)}) | ${verdict(oks.every((o) => o === null) ? null : oks.some((o) => o))} |`);
 }
 targetRow('E', 'MB/s', 'E', (r) => r.mb_per_s, true, '≥ best peer', (v, b) => v >= b);
 targetRow('E', 'server CPU µs per MB', 'E', (r) => r.server_cpu_per_mb_us, false, '(reported)', () => null);
@@ -116,7 +119,7 @@ targetRow('E', 'server CPU µs per MB', 'E', (r) => r.server_cpu_per_mb_us, fals
   const s = get('F', 'sockeye-ws');
   const n = get('F', 'ws-fanout');
   const ok = s && n ? s.deliveries_per_s >= 2 * n.deliveries_per_s : null;
-  p(`| F | deliveries/s (10k subscribers) | ${s ? f(s.deliveries_per_s) : '–'} | – | ${n ? `${f(n.deliveries_per_s)} (Node ws)` : '–'} | ≥ 2 × Node ws | ${verdict(ok)} |`);
+  p(`| F | deliveries/s (10k subscribers) | ${s ? f(s.deliveries_per_s) : '–'} | – | – | ${n ? `${f(n.deliveries_per_s)} (Node ws)` : '–'} | ≥ 2 × Node ws | ${verdict(ok)} |`);
 }
 // G: the proxy with one worker thread, as every server in the matrix runs one; its
 // default (a thread per core) is listed beside it.
@@ -133,7 +136,7 @@ const gFraction = (threads) => {
   const one = gFraction(1);
   const dflt = gFraction('default');
   const cell = one === null ? '–' : `${f(one, 2)} (\`--threads 1\`; default threads ${dflt === null ? '–' : f(dflt, 2)})`;
-  p(`| G | proxied / direct echoes/s | ${cell} | – | – | ≥ 0.70 | ${verdict(one === null ? null : one >= 0.7)} |`);
+  p(`| G | proxied / direct echoes/s | ${cell} | – | – | – | ≥ 0.70 | ${verdict(one === null ? null : one >= 0.7)} |`);
 }
 p();
 

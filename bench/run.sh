@@ -10,6 +10,7 @@
 #   sockeye          `sockeye serve --no-compression`, its framework endpoint /echo,
 #                    --threads 1 (one worker for the one core)
 #   sockeye-raw      bench/examples/echo-server.rs: sockeye_server::EchoServer
+#   sockeye-loop     bench/examples/loop-echo.rs: sockeye_loop::Server, one mio loop
 #                    (sockeye::WebSocket, a task per connection), current-thread runtime
 #   tungstenite      tokio-tungstenite 0.30 (bench/peers/rust), current-thread runtime
 #   fastwebsockets   fastwebsockets 0.10 + hyper 1 (bench/peers/rust), current-thread runtime
@@ -51,7 +52,7 @@ DURATION="${DURATION:-10}"
 WARMUP="${WARMUP:-1}"
 CONNECTIONS="${CONNECTIONS:-10000}"
 HOLD="${HOLD:-2}"
-SERVERS="${SERVERS:-sockeye sockeye-raw tungstenite fastwebsockets ws uws}"
+SERVERS="${SERVERS:-sockeye sockeye-raw sockeye-loop tungstenite fastwebsockets ws uws}"
 SCENARIOS="${SCENARIOS:-A B C D E F G}"
 SERVER_CPU="${SERVER_CPU:-0}"
 CLIENT_CPU="${CLIENT_CPU:-1}"
@@ -64,10 +65,11 @@ if (( $(ulimit -n) < CONNECTIONS + 100 )); then
 fi
 
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-echo "==> building (cargo build --release -p sockeye-cli -p sockeye-bench --bin sockeye --example echo-server)" >&2
-cargo build --release -p sockeye-cli -p sockeye-bench --bin sockeye --example echo-server >&2
+echo "==> building (cargo build --release -p sockeye-cli -p sockeye-bench --bin sockeye --example echo-server --example loop-echo)" >&2
+cargo build --release -p sockeye-cli -p sockeye-bench --bin sockeye --example echo-server --example loop-echo >&2
 SOCKEYE="$TARGET_DIR/release/sockeye"
 RAW_ECHO="$TARGET_DIR/release/examples/echo-server"
+LOOP_ECHO="$TARGET_DIR/release/examples/loop-echo"
 PEERS="$ROOT/bench/peers"
 "$PEERS/build.sh"
 RUST_PEERS="$PEERS/rust/target/release"
@@ -109,6 +111,7 @@ start_server() {
         "$SOCKEYE" serve --addr 127.0.0.1:0 --threads 1 --no-compression --max-message-size $((64 << 20)) 2>"$log" &
       path=/echo; [[ "$name" == sockeye-ws ]] && path=/ws ;;
     sockeye-raw) taskset -c "$SERVER_CPU" "$RAW_ECHO" 0 >"$log" 2>&1 & path=/echo ;;
+    sockeye-loop) taskset -c "$SERVER_CPU" "$LOOP_ECHO" 0 >"$log" 2>&1 & path=/echo ;;
     tungstenite) taskset -c "$SERVER_CPU" "$RUST_PEERS/tungstenite-echo" 0 >"$log" 2>&1 & ;;
     fastwebsockets) taskset -c "$SERVER_CPU" "$RUST_PEERS/fastwebsockets-echo" 0 >"$log" 2>&1 & ;;
     ws) taskset -c "$SERVER_CPU" node "$PEERS/ws-echo.mjs" 0 >"$log" 2>&1 & ;;

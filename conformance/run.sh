@@ -23,10 +23,11 @@
 #   SOCKEYE_AUTOBAHN_TIMEOUT   limit per role in seconds (default 2400)
 #   AUTOBAHN_AGENT             agent name in the reports (default sockeye)
 #   AUTOBAHN_VENV              the suite's venv (default ${XDG_CACHE_HOME:-~/.cache}/sockeye/autobahn-venv)
+#   SOCKEYE_REPORTS            where the reports go (default conformance/reports)
 #   SOCKEYE_RESULTS_MD         where a full run writes its results page (default conformance/RESULTS.md;
 #                              not written when a *_CMD override is set, unless this is given)
 #
-# Reports: conformance/reports/{server,client}/ (index.html, index.json, wstest.log,
+# Reports: conformance/reports/{server,client}/ (or $SOCKEYE_REPORTS/...) (index.html, index.json, wstest.log,
 # testee.log / client.log, summary.json, run.json).  Exit 0 only when every selected case
 # is OK, NON-STRICT or INFORMATIONAL (UNIMPLEMENTED, FAILED and a missing result fail),
 # 1 on failed cases, 2 when the run itself could not be done.
@@ -44,7 +45,7 @@ export PYTHONUNBUFFERED=1   # wstest.log is read for progress while the suite ru
 export NO_COLOR=1           # plain testee logs (tracing-subscriber honours it)
 export PYTHONDONTWRITEBYTECODE=1   # no __pycache__ in conformance/autobahn/
 PY="$AUTOBAHN_VENV/bin/python"
-REPORTS="$HERE/reports"
+REPORTS="${SOCKEYE_REPORTS:-$HERE/reports}"
 TIMEOUT="${SOCKEYE_AUTOBAHN_TIMEOUT:-2400}"
 SERVER_PATH="${SOCKEYE_SERVER_PATH:-/echo}"
 

@@ -11,6 +11,7 @@
 #   2. build       cargo build --release --workspace --bins --examples
 #   3. cargo test  cargo test --release --workspace   (release: dependencies compile once)
 #   4. autobahn    conformance/run.sh both            (server and client role concurrently)
+#   5. autobahn    conformance/run.sh server against sockeye-loop (bench/examples/loop-echo.rs)
 # A failing step does not stop the later ones, except a failed setup or build.
 # The last line is "PASSED: N passed, M failed" or "FAILED: N passed, M failed"
 # (cargo tests + Autobahn cases; a step that failed without counting a failure adds 1).
@@ -233,5 +234,18 @@ print(p, f, '(' + ', '.join(notes) + ' passed)')
 EOF
 )
 record autobahn "$rc" $((SECONDS - t)) "$passed" "$failed" "$note"
+
+# The same core behind the other I/O layer: sockeye-loop's echo (bench/examples/loop-echo.rs).
+banner "autobahn: sockeye-loop server (conformance/run.sh server)"
+t=$SECONDS; rc=0
+LOOP_REPORTS="$ROOT/conformance/reports/loop"
+SOCKEYE_REPORTS="$LOOP_REPORTS" AUTOBAHN_AGENT=sockeye-loop \
+  SOCKEYE_SERVER_CMD="exec $(printf '%q' "${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/loop-echo") \"\$PORT\" --deflate" \
+  "$ROOT/conformance/run.sh" server || rc=$?
+read -r passed failed selected < <(python3 -c 'import json,sys
+try: s = json.load(open(sys.argv[1]))
+except (OSError, ValueError): print(0, 0, 0)
+else: print(s["passed"], s["failed"], s["selected"])' "$LOOP_REPORTS/server/summary.json")
+record "autobahn (sockeye-loop)" "$rc" $((SECONDS - t)) "$passed" "$failed" "(server $passed/$selected passed)"
 
 finish
