@@ -39,8 +39,15 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 /// A connection that stalls with at most this many bytes of a frame moves
 /// them to a buffer of their size and gives the loop's buffer back.
 const SMALL_PARTIAL: usize = 1024;
+/// The longest timeout honoured (a longer one would overflow `Instant`).
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How long a refused connection is drained before it is closed.
 const LINGER: Duration = Duration::from_secs(1);
+/// Reads one connection gets before the others have their turn; a socket
+/// not yet drained then waits in the loop's queue (no new edge will come
+/// for it). Without this, a peer that keeps its socket full would keep the
+/// loop to itself.
+const READS_PER_TURN: usize = 4;
 
 struct Slot {
     stream: TcpStream,
@@ -59,9 +66,21 @@ enum Phase {
         conn: Connection,
         /// Reading stopped because too much waits to be written.
         paused: bool,
-        /// The close timeout is in the timer heap.
-        close_timer: bool,
+        /// When to stop waiting for the peer: for its answer to our close,
+        /// or to take the last bytes of a closed connection.
+        give_up: Option<Instant>,
     },
+}
+
+/// What an event says about a socket.
+#[derive(Clone, Copy)]
+struct Ready {
+    read: bool,
+    write: bool,
+    /// Read until the socket says it is empty: the peer's end of stream may
+    /// be queued behind the data, and no further edge would announce it.
+    /// Otherwise a short read is taken to mean the socket is drained.
+    drain: bool,
 }
 
 /// What became of a connection after an event.
@@ -87,6 +106,12 @@ pub(crate) struct EventLoop<H> {
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     /// Every read lands here first.
     input: Box<[u8]>,
+    /// Connections whose socket may hold more than their turn read, and
+    /// the queue being worked through.
+    more: Vec<usize>,
+    turn: Vec<usize>,
+    /// When to call `accept` again after it failed for want of resources.
+    accept_again: Option<Instant>,
     /// The loop's buffers, lent to a connection while it has bytes in flight.
     spare_read: BytesMut,
     spare_write: BytesMut,
@@ -114,6 +139,9 @@ impl<H: Handler> EventLoop<H> {
             slots,
             timers: BinaryHeap::new(),
             input,
+            more: Vec::new(),
+            turn: Vec::new(),
+            accept_again: None,
             spare_read: BytesMut::new(),
             spare_write: BytesMut::new(),
         })
@@ -127,10 +155,15 @@ impl<H: Handler> EventLoop<H> {
                 self.shut_down();
                 return Ok(());
             }
-            let timeout = self
-                .timers
-                .peek()
-                .map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()));
+            let timeout = if self.more.is_empty() {
+                let next = self.timers.peek().map(|Reverse((at, _))| *at);
+                next.into_iter()
+                    .chain(self.accept_again)
+                    .min()
+                    .map(|at| at.saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
             if let Err(error) = self.poll.poll(&mut events, timeout) {
                 if error.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -142,11 +175,32 @@ impl<H: Handler> EventLoop<H> {
                     WAKER => {}
                     LISTENER => self.accept(),
                     Token(token) => {
-                        let readable =
-                            event.is_readable() || event.is_read_closed() || event.is_error();
-                        self.ready(token - FIRST, readable, event.is_writable());
+                        let drain = event.is_read_closed() || event.is_error();
+                        let ready = Ready {
+                            read: event.is_readable() || drain,
+                            write: event.is_writable(),
+                            drain,
+                        };
+                        self.ready(token - FIRST, ready);
                     }
                 }
+            }
+            // Connections left with unread bytes, after everyone else.
+            std::mem::swap(&mut self.more, &mut self.turn);
+            let more = Ready {
+                read: true,
+                write: false,
+                drain: true,
+            };
+            for i in 0..self.turn.len() {
+                // A connection that ended meanwhile is gone, or its key
+                // now belongs to a new one, for which a read is harmless.
+                self.ready(self.turn[i], more);
+            }
+            self.turn.clear();
+            if self.accept_again.is_some_and(|at| at <= Instant::now()) {
+                self.accept_again = None;
+                self.accept();
             }
             if !self.timers.is_empty() {
                 self.fire_timers(Instant::now());
@@ -160,12 +214,17 @@ impl<H: Handler> EventLoop<H> {
                 Ok((stream, _)) => self.admit(stream),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // Out of file descriptors and the like: the connections
-                    // held are unaffected; the next arrival retries.
-                    warn!("accept failed: {e}");
+                // Out of descriptors or memory: the connections held are
+                // unaffected; those queued are accepted in a moment (their
+                // edge has passed, so a timer brings the retry).
+                Err(e) if matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12)) => {
+                    warn!("accept failed: {e}; retrying in 100 ms");
+                    self.accept_again = Some(Instant::now() + Duration::from_millis(100));
                     return;
                 }
+                // One connection's failure (aborted before it was accepted,
+                // and the like): the next may be fine.
+                Err(e) => debug!("accept failed: {e}"),
             }
         }
     }
@@ -185,7 +244,7 @@ impl<H: Handler> EventLoop<H> {
             debug!("could not register a connection: {e}");
             return;
         }
-        let deadline = Instant::now() + self.config.handshake_timeout;
+        let deadline = Instant::now() + self.config.handshake_timeout.min(YEAR);
         entry.insert(Slot {
             stream,
             phase: Phase::Handshake {
@@ -208,15 +267,15 @@ impl<H: Handler> EventLoop<H> {
         }
     }
 
-    fn ready(&mut self, key: usize, readable: bool, writable: bool) {
+    fn ready(&mut self, key: usize, ready: Ready) {
         let Some(slot) = self.slots.get(key) else {
             return;
         };
         let outcome = match slot.phase {
-            Phase::Handshake { .. } if readable => self.handshake(key),
-            Phase::Lingering { .. } if readable => self.drain(key),
+            Phase::Handshake { .. } if ready.read => self.handshake(key),
+            Phase::Lingering { .. } if ready.read => self.drain(key),
             Phase::Handshake { .. } | Phase::Lingering { .. } => Outcome::Keep,
-            Phase::Open { .. } => self.serve(key, readable, writable),
+            Phase::Open { .. } => self.serve(key, ready),
         };
         self.settle(key, outcome);
     }
@@ -225,24 +284,30 @@ impl<H: Handler> EventLoop<H> {
         match outcome {
             Outcome::Keep => {}
             Outcome::Gone => self.remove(key),
-            Outcome::Refused => {
-                let slot = &mut self.slots[key];
-                if slot.stream.shutdown(std::net::Shutdown::Write).is_err() {
-                    self.remove(key);
-                    return;
-                }
-                let deadline = Instant::now() + LINGER;
-                slot.phase = Phase::Lingering { deadline };
-                self.timers.push(Reverse((deadline, key)));
-                // Bytes may be waiting already, with no edge to come.
-                let outcome = self.drain(key);
-                self.settle(key, outcome);
-            }
+            Outcome::Refused => self.linger(key),
             Outcome::Ended(code, reason) => {
-                self.remove(key);
                 self.handler.close(ConnId(key), code, &reason);
+                self.linger(key);
             }
         }
+    }
+
+    /// Shuts our side and reads what the peer still sends until it closes
+    /// or [`LINGER`] passes: closing with unread bytes would send a reset,
+    /// which can make the peer's system drop our last bytes (a refusal, a
+    /// close frame) before it reads them.
+    fn linger(&mut self, key: usize) {
+        let slot = &mut self.slots[key];
+        if slot.stream.shutdown(std::net::Shutdown::Write).is_err() {
+            self.remove(key);
+            return;
+        }
+        let deadline = Instant::now() + LINGER;
+        slot.phase = Phase::Lingering { deadline };
+        self.timers.push(Reverse((deadline, key)));
+        // Bytes may be waiting already, with no edge to come.
+        let outcome = self.drain(key);
+        self.settle(key, outcome);
     }
 
     fn remove(&mut self, key: usize) {
@@ -254,7 +319,7 @@ impl<H: Handler> EventLoop<H> {
     /// Reads and drops what a refused peer sends; gone at its end of stream.
     fn drain(&mut self, key: usize) -> Outcome {
         let stream = &self.slots[key].stream;
-        loop {
+        for _ in 0..READS_PER_TURN {
             match (&*stream).read(&mut self.input) {
                 Ok(0) => return Outcome::Gone,
                 Ok(_) => {}
@@ -263,6 +328,8 @@ impl<H: Handler> EventLoop<H> {
                 Err(_) => return Outcome::Gone,
             }
         }
+        self.more.push(key);
+        Outcome::Keep
     }
 
     /// Reads the opening request; upgrades once it is whole.
@@ -272,9 +339,14 @@ impl<H: Handler> EventLoop<H> {
         let Phase::Handshake { head, .. } = &mut slot.phase else {
             return Outcome::Keep;
         };
+        let mut eof = false;
         while head.len() <= limit {
             match (&slot.stream).read(&mut self.input) {
-                Ok(0) => return Outcome::Gone,
+                // The request may be whole before the end of stream.
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
                 Ok(n) => head.extend_from_slice(&self.input[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -282,6 +354,7 @@ impl<H: Handler> EventLoop<H> {
             }
         }
         match handshake::parse_request(head, limit) {
+            Ok(None) if eof => Outcome::Gone,
             Ok(None) => Outcome::Keep,
             Ok(Some((request, len))) => {
                 let rest = head.split_off(len);
@@ -336,48 +409,61 @@ impl<H: Handler> EventLoop<H> {
         slot.phase = Phase::Open {
             conn,
             paused: false,
-            close_timer: false,
+            give_up: None,
         };
         // The request may have come with frames behind it, and the socket
-        // may hold more than was read.
-        self.serve(key, true, true)
+        // may hold more than was read (up to its end of stream).
+        let ready = Ready {
+            read: true,
+            write: true,
+            drain: true,
+        };
+        self.serve(key, ready)
     }
 
     /// Writes what waits, then reads and delivers until the socket is
     /// drained; lends the loop's buffers for the while.
-    fn serve(&mut self, key: usize, readable: bool, writable: bool) -> Outcome {
+    fn serve(&mut self, key: usize, ready: Ready) -> Outcome {
+        let backlog = self.config.max_backlog;
         let slot = &mut self.slots[key];
         let Phase::Open {
             conn,
             paused,
-            close_timer,
+            give_up,
         } = &mut slot.phase
         else {
             return Outcome::Keep;
         };
         let stream = &slot.stream;
         let id = ConnId(key);
-        let mut readable = readable;
+        let mut readable = ready.read;
         let mut eof = false;
-        // Handshake leftovers wait in the read buffer.
+        // Messages left in the read buffer: behind the handshake, or held
+        // back while too much waited to be written.
         if conn.is_mid_message() {
-            deliver(&mut self.handler, id, stream, conn);
+            deliver(&mut self.handler, id, stream, conn, backlog);
         }
-        if writable || !conn.transmit().is_empty() {
+        if ready.write || !conn.transmit().is_empty() {
             if let Err(e) = flush(stream, conn) {
                 return ended(conn, Some(e));
             }
-            if *paused && conn.buffered_amount() <= self.config.max_backlog {
+            if *paused && conn.buffered_amount() <= backlog {
                 // The readable edge was left unread while paused.
                 *paused = false;
                 readable = true;
             }
         }
+        let mut reads = 0;
         while readable && !conn.is_closed() {
-            if conn.buffered_amount() > self.config.max_backlog {
+            if conn.buffered_amount() > backlog {
                 *paused = true;
                 break;
             }
+            if reads == READS_PER_TURN {
+                self.more.push(key);
+                break;
+            }
+            reads += 1;
             match (&*stream).read(&mut self.input) {
                 Ok(0) => {
                     eof = true;
@@ -393,13 +479,13 @@ impl<H: Handler> EventLoop<H> {
                         conn.transmit()
                             .give_buffer(std::mem::take(&mut self.spare_write));
                     }
-                    deliver(&mut self.handler, id, stream, conn);
+                    deliver(&mut self.handler, id, stream, conn, backlog);
                     if let Err(e) = flush(stream, conn) {
                         return ended(conn, Some(e));
                     }
                     // A short read drained the socket; the next bytes bring
-                    // a new edge.
-                    readable = n == self.input.len();
+                    // a new edge (unless only the end of stream is left).
+                    readable = ready.drain || n == self.input.len();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -407,17 +493,21 @@ impl<H: Handler> EventLoop<H> {
             }
         }
         release(conn, &mut self.spare_read, &mut self.spare_write);
-        if conn.state() == State::CloseSent && !*close_timer {
-            if let Some(at) = conn.poll_timeout() {
+        if eof || (conn.is_closed() && conn.transmit().is_empty()) {
+            return ended(conn, None);
+        }
+        if give_up.is_none() {
+            // Waiting for the peer's close, or for it to take the last
+            // bytes of a closed connection, does not last forever.
+            let at = match conn.state() {
+                State::CloseSent => conn.poll_timeout(),
+                State::Closed => Some(Instant::now() + conn.config().close_timeout.min(YEAR)),
+                State::Open => None,
+            };
+            if let Some(at) = at {
                 self.timers.push(Reverse((at, key)));
-                *close_timer = true;
+                *give_up = Some(at);
             }
-        }
-        if conn.is_closed() && conn.transmit().is_empty() {
-            return ended(conn, None);
-        }
-        if eof {
-            return ended(conn, None);
         }
         Outcome::Keep
     }
@@ -441,15 +531,9 @@ impl<H: Handler> EventLoop<H> {
                     Outcome::Refused
                 }
                 Phase::Lingering { deadline } if *deadline <= now => Outcome::Gone,
-                Phase::Open {
-                    conn, close_timer, ..
-                } if *close_timer => {
+                Phase::Open { conn, give_up, .. } if give_up.is_some_and(|at| at <= now) => {
                     conn.handle_timeout(now);
-                    if conn.is_closed() {
-                        ended(conn, None)
-                    } else {
-                        Outcome::Keep
-                    }
+                    ended(conn, None)
                 }
                 _ => Outcome::Keep,
             };
@@ -480,9 +564,19 @@ impl<H: Handler> EventLoop<H> {
     }
 }
 
-/// Hands every message received so far to the handler.
-fn deliver<H: Handler>(handler: &mut H, id: ConnId, stream: &TcpStream, conn: &mut Connection) {
-    while let Some(next) = conn.poll_message() {
+/// Hands the messages received so far to the handler, until more than
+/// `backlog` bytes wait to be written; the rest stay in the read buffer.
+fn deliver<H: Handler>(
+    handler: &mut H,
+    id: ConnId,
+    stream: &TcpStream,
+    conn: &mut Connection,
+    backlog: usize,
+) {
+    while conn.buffered_amount() <= backlog {
+        let Some(next) = conn.poll_message() else {
+            return;
+        };
         match next {
             // The core answered it; the connection ends once that is written.
             Ok(Message::Close(_)) => {}
@@ -536,17 +630,19 @@ fn keep(spare: &mut BytesMut, buf: BytesMut) {
     }
 }
 
-/// How an open connection ended: from its close handshake, its failure, or
-/// the socket (`error`, or end of stream without a close).
+/// How an open connection ended: from its close handshake or its failure
+/// (even when the socket failed after it), or from the socket (`error`, or
+/// end of stream without a close).
 fn ended(conn: &Connection, error: Option<io::Error>) -> Outcome {
-    let (code, reason) = match (conn.close_cause(), error) {
-        (_, Some(e)) => (CloseCode::ABNORMAL, format!("socket error: {e}")),
-        (Some(CloseCause::Handshake(Some(frame))), None) => {
+    let cause = conn.close_cause().filter(|_| conn.is_closed());
+    let (code, reason) = match (cause, error) {
+        (None, Some(e)) => (CloseCode::ABNORMAL, format!("socket error: {e}")),
+        (Some(CloseCause::Handshake(Some(frame))), _) => {
             (frame.code, frame.reason.as_str().to_owned())
         }
-        (Some(CloseCause::Handshake(None)), None) => (CloseCode::NO_STATUS, String::new()),
-        (Some(CloseCause::Failed(e)), None) => (e.close_code(), e.to_string()),
-        (Some(CloseCause::TimedOut), None) => (
+        (Some(CloseCause::Handshake(None)), _) => (CloseCode::NO_STATUS, String::new()),
+        (Some(CloseCause::Failed(e)), _) => (e.close_code(), e.to_string()),
+        (Some(CloseCause::TimedOut), _) => (
             CloseCode::ABNORMAL,
             "the peer did not answer our close in time".to_owned(),
         ),

@@ -9,7 +9,7 @@
 //!   bytes in flight
 //! ```
 //!
-//! This is the shape of uWebSockets: a connection costs its slab entry (about
+//! This is the shape of uWebSockets: a connection costs its slab entry (under
 //! 300 bytes) and nothing else while it waits, so a server can hold very many
 //! mostly idle connections. The protocol is the same `sockeye-proto` core as
 //! everywhere in sockeye (RFC 6455, permessage-deflate, limits). What it does

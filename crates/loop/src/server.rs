@@ -102,36 +102,50 @@ impl Server {
             ..
         } = self;
         std::thread::scope(|scope| {
-            let threads: Vec<_> = loops
-                .into_iter()
-                .enumerate()
-                .map(|(i, (poll, listener))| {
-                    let config = Arc::clone(&config);
-                    let stop = Arc::clone(&handle.stop);
-                    let new_handler = &new_handler;
-                    std::thread::Builder::new()
-                        .name(format!("sockeye-loop-{i}"))
-                        .spawn_scoped(scope, move || {
-                            let listener = mio::net::TcpListener::from_std(listener);
-                            EventLoop::new(poll, listener, config, stop, new_handler())?.run()
-                        })
-                })
-                .collect::<io::Result<_>>()?;
+            let mut threads = Vec::with_capacity(loops.len());
+            for (i, (poll, listener)) in loops.into_iter().enumerate() {
+                let config = Arc::clone(&config);
+                let stop = Arc::clone(&handle.stop);
+                // A loop that ends for any reason (stopped, failed, or its
+                // handler panicked) stops the others.
+                let guard = StopOnExit(handle.clone());
+                let new_handler = &new_handler;
+                let spawned = std::thread::Builder::new()
+                    .name(format!("sockeye-loop-{i}"))
+                    .spawn_scoped(scope, move || {
+                        let _guard = guard;
+                        let listener = mio::net::TcpListener::from_std(listener);
+                        EventLoop::new(poll, listener, config, stop, new_handler())?.run()
+                    });
+                match spawned {
+                    Ok(thread) => threads.push(thread),
+                    Err(error) => {
+                        // The loops already running would keep the scope open.
+                        handle.stop();
+                        return Err(error);
+                    }
+                }
+            }
             let mut result = Ok(());
             for thread in threads {
                 let outcome = thread
                     .join()
                     .unwrap_or_else(|_| Err(io::Error::other("an event loop panicked")));
-                if let Err(error) = outcome {
-                    // One loop failing stops the others.
-                    handle.stop();
-                    if result.is_ok() {
-                        result = Err(error);
-                    }
+                if let (Err(error), Ok(())) = (outcome, &result) {
+                    result = Err(error);
                 }
             }
             result
         })
+    }
+}
+
+/// Stops the server when dropped: on a loop's return and on its panic.
+struct StopOnExit(Handle);
+
+impl Drop for StopOnExit {
+    fn drop(&mut self) {
+        self.0.stop();
     }
 }
 

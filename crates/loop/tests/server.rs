@@ -30,7 +30,8 @@ struct Recorder {
 
 impl Handler for Recorder {
     fn open(&mut self, socket: &mut Socket<'_>) {
-        assert!(socket.peer_addr().is_some_and(|a| a.ip().is_loopback()));
+        // None once the peer has reset the connection.
+        assert!(socket.peer_addr().is_none_or(|a| a.ip().is_loopback()));
         let _ = self.seen.send(Seen::Open(socket.id()));
     }
 
@@ -146,6 +147,10 @@ async fn echoes_messages_and_reports_open_and_close() {
         .await
         .unwrap();
     assert_eq!(running.next(), Seen::Close(id, 1000, "bye".into()));
+    // Nothing after the close, not even when the server stops.
+    let mut running = running;
+    running.stop().unwrap();
+    assert_eq!(running.seen.try_recv().ok(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,11 +222,11 @@ async fn a_message_over_the_limit_closes_with_1009() {
 async fn an_unmasked_client_frame_closes_with_1002() {
     let running = Running::start(config());
     let mut tcp = TcpStream::connect(running.addr).await.unwrap();
-    tcp.write_all(upgrade_request("/echo").as_bytes())
-        .await
-        .unwrap();
-    // A text frame "hi" without a mask, which clients must not send.
-    tcp.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
+    // A text frame "hi" without a mask, which clients must not send, in the
+    // same write as the request: it waits behind the handshake.
+    let mut bytes = upgrade_request("/echo").into_bytes();
+    bytes.extend_from_slice(&[0x81, 0x02, b'h', b'i']);
+    tcp.write_all(&bytes).await.unwrap();
     let mut answer = Vec::new();
     timeout(STEP, tcp.read_to_end(&mut answer))
         .await
@@ -319,4 +324,185 @@ fn a_busy_port_is_an_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let error = Server::bind(taken.local_addr().unwrap(), config()).unwrap_err();
     assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
+}
+
+/// Answers "ping" with "pong" and drops everything else.
+struct Ponger;
+
+impl Handler for Ponger {
+    fn message(&mut self, socket: &mut Socket<'_>, message: Message) {
+        if message == Message::text("ping") {
+            socket.send(Message::text("pong")).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_keeps_its_socket_full_does_not_starve_the_others() {
+    let server = Server::bind("127.0.0.1:0".parse().unwrap(), config().threads(1)).unwrap();
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let thread = std::thread::spawn(move || server.run(|| Ponger));
+
+    // The flooder: 64 KiB binary frames (mask key 0) written without pause.
+    let mut flood = TcpStream::connect(addr).await.unwrap();
+    flood
+        .write_all(upgrade_request("/echo").as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(flood.read_u8().await.unwrap());
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let mut frames = Vec::new();
+    for _ in 0..16 {
+        frames.extend_from_slice(&[0x82, 0xFF, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+        frames.extend(std::iter::repeat_n(7u8, 1 << 16));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooding = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut sent = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                flood.write_all(&frames).await.unwrap();
+                sent += frames.len();
+            }
+            sent
+        }
+    });
+
+    // Another connection on the same loop gets its answers meanwhile.
+    let url = format!("ws://{addr}/echo");
+    let talker = async {
+        let (mut ws, _) = sockeye::connect(&url).await.unwrap();
+        for _ in 0..50 {
+            ws.send(Message::text("ping")).await.unwrap();
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("pong"));
+        }
+    };
+    timeout(STEP, talker)
+        .await
+        .expect("the other connection was starved");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = timeout(STEP, flooding).await.unwrap().unwrap();
+    assert!(sent >= 1 << 20, "the flooder wrote only {sent} bytes");
+    handle.stop();
+    thread.join().unwrap().unwrap();
+}
+
+/// A masked (key 0) client frame.
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(payload);
+    frame
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_sends_and_vanishes_at_once_is_reported() {
+    let running = Running::start(config());
+    // The request, a message and the end of stream arrive together.
+    let mut tcp = TcpStream::connect(running.addr).await.unwrap();
+    let mut bytes = upgrade_request("/echo").into_bytes();
+    bytes.extend(client_frame(0x1, b"last words"));
+    tcp.write_all(&bytes).await.unwrap();
+    drop(tcp);
+    let Seen::Open(id) = running.next() else {
+        panic!("no open")
+    };
+    assert_eq!(
+        running.next(),
+        Seen::Message(id, Message::text("last words"))
+    );
+    // 1006: the end of stream, or the reset that writing the echo met.
+    match running.next() {
+        Seen::Close(closed, 1006, _) => assert_eq!(closed, id),
+        other => panic!("expected 1006, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_does_not_answer_our_close_is_dropped_after_the_timeout() {
+    let mut config = config();
+    config.websocket = config.websocket.close_timeout(Duration::from_millis(200));
+    let running = Running::start(config);
+    let mut tcp = TcpStream::connect(running.addr).await.unwrap();
+    let mut bytes = upgrade_request("/echo").into_bytes();
+    bytes.extend(client_frame(0x1, b"close me"));
+    tcp.write_all(&bytes).await.unwrap();
+    // Read the 101 and the server's close, answer nothing, and see the end.
+    let mut answer = Vec::new();
+    timeout(STEP, tcp.read_to_end(&mut answer))
+        .await
+        .expect("the server did not give up")
+        .unwrap();
+    let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(answer[head_end], 0x88, "a close frame after the 101");
+    assert_eq!(&answer[head_end + 2..head_end + 4], &4000u16.to_be_bytes());
+    let Seen::Open(id) = running.next() else {
+        panic!("no open")
+    };
+    assert!(matches!(running.next(), Seen::Message(..)));
+    assert_eq!(
+        running.next(),
+        Seen::Close(id, 1006, "the peer did not answer our close in time".into())
+    );
+}
+
+/// Echoes, noting the most bytes it ever saw waiting to be written.
+struct BacklogEcho {
+    most: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Handler for BacklogEcho {
+    fn message(&mut self, socket: &mut Socket<'_>, message: Message) {
+        self.most.fetch_max(
+            socket.buffered_amount(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        socket.send(message).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_limit_holds_and_loses_nothing() {
+    const BACKLOG: usize = 64 * 1024;
+    let mut config = config().threads(1);
+    config.max_backlog = BACKLOG;
+    let server = Server::bind("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let url = format!("ws://{}/echo", server.local_addr());
+    let handle = server.handle();
+    let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let thread = std::thread::spawn({
+        let most = most.clone();
+        move || server.run(|| BacklogEcho { most: most.clone() })
+    });
+    let (ws, _) = sockeye::connect(&url).await.unwrap();
+    let (mut reader, mut writer) = ws.split();
+    // 32 MiB, more than the kernel's socket buffers hold, echoed while read.
+    let message = |i: u32| Message::binary([i.to_be_bytes().as_slice(), &[7u8; 65532]].concat());
+    let writing = tokio::spawn(async move {
+        for i in 0..512 {
+            writer.send(message(i)).await.unwrap();
+        }
+        writer
+    });
+    for i in 0..512 {
+        let echo = timeout(STEP, reader.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echo, message(i), "echo {i}");
+    }
+    timeout(STEP, writing).await.unwrap().unwrap();
+    let most = most.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        most <= BACKLOG,
+        "{most} bytes waited while a message was handled"
+    );
+    handle.stop();
+    thread.join().unwrap().unwrap();
 }
