@@ -42,7 +42,7 @@ record() {
     (( failed == 0 )) && failed=1   # the step failed without counting a test: count the step
   fi
   TOTAL_FAILED=$((TOTAL_FAILED + failed))
-  SUMMARY+=("$(printf '  %-11s %8s  %-4s %s' "$name" "$(fmt_time "$secs")" \
+  SUMMARY+=("$(printf '  %-13s %8s  %-4s %s' "$name" "$(fmt_time "$secs")" \
     "$( ((rc == 0)) && echo ok || echo FAIL)" "$note")")
   echo "--> $name: $( ((rc == 0)) && echo ok || echo "FAILED (exit $rc)") in $(fmt_time "$secs")"
 }
@@ -246,6 +246,6 @@ read -r passed failed selected < <(python3 -c 'import json,sys
 try: s = json.load(open(sys.argv[1]))
 except (OSError, ValueError): print(0, 0, 0)
 else: print(s["passed"], s["failed"], s["selected"])' "$LOOP_REPORTS/server/summary.json")
-record "autobahn (sockeye-loop)" "$rc" $((SECONDS - t)) "$passed" "$failed" "(server $passed/$selected passed)"
+record "autobahn loop" "$rc" $((SECONDS - t)) "$passed" "$failed" "(server $passed/$selected passed)"
 
 finish
