@@ -599,7 +599,14 @@ fn flush(stream: &TcpStream, conn: &mut Connection) -> io::Result<()> {
     while !transmit.is_empty() {
         let mut slices = [IoSlice::new(&[]); 64];
         let count = transmit.chunks_vectored(&mut slices);
-        match (&*stream).write_vectored(&slices[..count]) {
+        // One chunk goes in a plain write: `send`, which skips the VFS
+        // layer that `writev` passes through.
+        let written = if count == 1 {
+            (&*stream).write(&slices[0])
+        } else {
+            (&*stream).write_vectored(&slices[..count])
+        };
+        match written {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => transmit.advance(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),

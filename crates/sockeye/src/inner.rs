@@ -284,8 +284,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         }
         let cx = &mut Context::from_waker(write_waker(&self.split_wakers, half, cx));
         while !self.conn.transmit().is_empty() {
-            let vectored = self.io.is_write_vectored();
             let transmit = self.conn.transmit();
+            // One chunk goes in a plain write: a socket's `write` is `send`,
+            // which skips the VFS layer that `writev` passes through.
+            let vectored = self.io.is_write_vectored() && transmit.chunk().len() < transmit.len();
             let n = if vectored {
                 let mut slices = [IoSlice::new(&[]); 64];
                 let count = transmit.chunks_vectored(&mut slices);
