@@ -181,7 +181,7 @@ impl World {
             Message::Ping(b) | Message::Pong(b) => open && b.len() <= 125,
             Message::Close(_) => true,
         };
-        let result = me.conn.send_message(message.clone(), now);
+        let result = me.conn.send_message(message.clone(), || now);
         assert_eq!(result.is_ok(), ok, "send {message:?}: {result:?}");
         if ok && (open || !matches!(message, Message::Close(_))) {
             other.expect.push_back(message);

@@ -36,9 +36,6 @@ const FIRST: usize = 2;
 /// Spare buffers larger than this are freed rather than kept, so one big
 /// message does not leave a big buffer behind.
 const KEEP_CAPACITY: usize = 64 * 1024;
-/// A connection that stalls with at most this many bytes of a frame moves
-/// them to a buffer of their size and gives the loop's buffer back.
-const SMALL_PARTIAL: usize = 1024;
 /// The longest timeout honoured (a longer one would overflow `Instant`).
 const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How long a refused connection is drained before it is closed.
@@ -620,13 +617,8 @@ fn flush(stream: &TcpStream, conn: &mut Connection) -> io::Result<()> {
 /// Gives the connection's buffers back to the loop when it has nothing in
 /// flight; a few stalled bytes of a frame move to a buffer of their size.
 fn release(conn: &mut Connection, spare_read: &mut BytesMut, spare_write: &mut BytesMut) {
-    let buf = conn.read_buf();
-    if buf.is_empty() {
-        keep(spare_read, std::mem::take(buf));
-    } else if buf.len() <= SMALL_PARTIAL && buf.capacity() > 4 * SMALL_PARTIAL {
-        let mut big = std::mem::replace(buf, BytesMut::from(&buf[..]));
-        big.clear();
-        keep(spare_read, big);
+    if let Some(buf) = conn.take_idle_read_buffer() {
+        keep(spare_read, buf);
     }
     if let Some(buf) = conn.transmit().take_idle_buffer() {
         keep(spare_write, buf);

@@ -60,14 +60,7 @@ impl Socket<'_> {
 
     /// Queues a message; fails with [`Error::Closed`] once a close was sent.
     pub fn send(&mut self, message: Message) -> Result<(), Error> {
-        match message {
-            Message::Text(text) => self.conn.send_text(text),
-            Message::Binary(data) => self.conn.send_binary(data),
-            Message::Ping(data) => self.conn.send_ping(data),
-            Message::Pong(data) => self.conn.send_pong(data),
-            // Only a close needs the clock (for its timeout).
-            close @ Message::Close(_) => self.conn.send_message(close, Instant::now()),
-        }
+        self.conn.send_message(message, Instant::now)
     }
 
     /// Starts the close handshake with `code` and `reason` (cut to 123

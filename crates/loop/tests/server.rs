@@ -99,17 +99,22 @@ fn config() -> Config {
     Config::default().threads(2).path("/echo")
 }
 
-/// Sends `request` on a raw socket and returns all the server answered
+/// Sends `bytes` on a raw socket and returns all the server answered
 /// before it closed.
-async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
+async fn raw_bytes(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(request).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
     let mut answer = Vec::new();
     timeout(STEP, tcp.read_to_end(&mut answer))
         .await
         .expect("the server did not close")
         .unwrap();
-    String::from_utf8_lossy(&answer).into_owned()
+    answer
+}
+
+/// [`raw_bytes`], as text.
+async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    String::from_utf8_lossy(&raw_bytes(addr, request).await).into_owned()
 }
 
 fn upgrade_request(path: &str) -> String {
@@ -221,17 +226,11 @@ async fn a_message_over_the_limit_closes_with_1009() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unmasked_client_frame_closes_with_1002() {
     let running = Running::start(config());
-    let mut tcp = TcpStream::connect(running.addr).await.unwrap();
     // A text frame "hi" without a mask, which clients must not send, in the
     // same write as the request: it waits behind the handshake.
     let mut bytes = upgrade_request("/echo").into_bytes();
     bytes.extend_from_slice(&[0x81, 0x02, b'h', b'i']);
-    tcp.write_all(&bytes).await.unwrap();
-    let mut answer = Vec::new();
-    timeout(STEP, tcp.read_to_end(&mut answer))
-        .await
-        .expect("the server did not close")
-        .unwrap();
+    let answer = raw_bytes(running.addr, &bytes).await;
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 101"), "{text}");
     let head_end = text.find("\r\n\r\n").unwrap() + 4;
@@ -428,16 +427,10 @@ async fn a_peer_that_does_not_answer_our_close_is_dropped_after_the_timeout() {
     let mut config = config();
     config.websocket = config.websocket.close_timeout(Duration::from_millis(200));
     let running = Running::start(config);
-    let mut tcp = TcpStream::connect(running.addr).await.unwrap();
     let mut bytes = upgrade_request("/echo").into_bytes();
     bytes.extend(client_frame(0x1, b"close me"));
-    tcp.write_all(&bytes).await.unwrap();
     // Read the 101 and the server's close, answer nothing, and see the end.
-    let mut answer = Vec::new();
-    timeout(STEP, tcp.read_to_end(&mut answer))
-        .await
-        .expect("the server did not give up")
-        .unwrap();
+    let answer = raw_bytes(running.addr, &bytes).await;
     let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     assert_eq!(answer[head_end], 0x88, "a close frame after the 101");
     assert_eq!(&answer[head_end + 2..head_end + 4], &4000u16.to_be_bytes());

@@ -16,10 +16,6 @@ use tokio::time::Sleep;
 
 use crate::{spare, Config, Error};
 
-/// Half-received bytes up to this many are moved out of the read buffer
-/// when the socket goes quiet; see [`Inner::poll_read`].
-const SMALL_PARTIAL: usize = 1024;
-
 #[derive(Debug)]
 pub(crate) struct Inner<S> {
     pub(crate) conn: Connection,
@@ -238,16 +234,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         // tokio-util fills the spare capacity without exposing uninitialised bytes.
         match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, buf) {
             Poll::Pending => {
-                if buf.is_empty() {
-                    spare::put_read(std::mem::take(buf));
-                } else if buf.len() <= SMALL_PARTIAL && buf.capacity() > 4 * SMALL_PARTIAL {
-                    // A few bytes of a frame and then silence (a slow or
-                    // stalled peer): they move to a buffer of their own
-                    // size, and the big one goes back. Otherwise a peer
-                    // sending one byte would hold a whole read buffer.
-                    let mut big = std::mem::replace(buf, bytes::BytesMut::from(&buf[..]));
-                    big.clear();
-                    spare::put_read(big);
+                // Waiting: the buffer goes back to the thread (a stalled
+                // peer's few bytes move to a buffer of their own size).
+                if let Some(buf) = self.conn.take_idle_read_buffer() {
+                    spare::put_read(buf);
                 }
                 Poll::Pending
             }
@@ -343,18 +333,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             return Err(Error::Closed);
         }
         self.lend_write_buffer();
-        let sent = match message {
-            Message::Text(text) => self.conn.send_text(text),
-            Message::Binary(data) => self.conn.send_binary(data),
-            Message::Ping(data) => self.conn.send_ping(data),
-            Message::Pong(data) => self.conn.send_pong(data),
-            // Only a close starts a timer, so only a close reads the clock
-            // (a clock read cost as much as framing a small message).
-            Message::Close(frame) => self
-                .conn
-                .send_close(frame, tokio::time::Instant::now().into_std()),
-        };
-        sent.map_err(|e| match e {
+        let now = || tokio::time::Instant::now().into_std();
+        self.conn.send_message(message, now).map_err(|e| match e {
             sockeye_proto::Error::Closed => Error::Closed,
             other => Error::Protocol(other),
         })

@@ -38,6 +38,10 @@ use crate::error::Error;
 use crate::extension::PerMessageDeflate;
 use crate::frame::{CloseFrame, FrameHeader, OpCode, Utf8Validator};
 
+/// Half-received bytes up to this many move out of a large read buffer when
+/// the connection goes quiet; see [`Connection::take_idle_read_buffer`].
+pub const SMALL_PARTIAL: usize = 1024;
+
 /// Where the close handshake stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -209,6 +213,28 @@ impl Connection {
     /// Whether a frame or message is partly received.
     pub fn is_mid_message(&self) -> bool {
         self.frame.is_some() || self.message.is_some() || !self.read.is_empty()
+    }
+
+    /// Takes the read buffer's memory when the connection waits for input,
+    /// so that it holds none; the I/O layer may lend it to another
+    /// connection (it comes back empty).
+    ///
+    /// When nothing is buffered the whole buffer is taken. When at most
+    /// [`SMALL_PARTIAL`] bytes of a frame wait in a buffer more than four
+    /// times that size (a peer that sent a few bytes and stalled), they
+    /// move to a buffer of their own size and the large one is taken,
+    /// emptied. Otherwise the buffer stays.
+    pub fn take_idle_read_buffer(&mut self) -> Option<BytesMut> {
+        let read = &mut self.read;
+        if read.is_empty() {
+            return (read.capacity() > 0).then(|| std::mem::take(read));
+        }
+        if read.len() <= SMALL_PARTIAL && read.capacity() > 4 * SMALL_PARTIAL {
+            let mut large = std::mem::replace(read, BytesMut::from(&read[..]));
+            large.clear();
+            return Some(large);
+        }
+        None
     }
 
     /// Releases buffer memory that an idle connection does not need.

@@ -48,14 +48,20 @@ impl Connection {
         Ok(())
     }
 
-    /// Queues any message. A [`Message::Close`] starts the close handshake.
-    pub fn send_message(&mut self, message: Message, now: Instant) -> Result<(), Error> {
+    /// Queues any message. A [`Message::Close`] starts the close handshake,
+    /// whose timeout runs from `now()`; only a close calls it (a clock read
+    /// costs about as much as framing a small message).
+    pub fn send_message(
+        &mut self,
+        message: Message,
+        now: impl FnOnce() -> Instant,
+    ) -> Result<(), Error> {
         match message {
             Message::Text(t) => self.send_text(t),
             Message::Binary(b) => self.send_binary(b),
             Message::Ping(b) => self.send_ping(b),
             Message::Pong(b) => self.send_pong(b),
-            Message::Close(frame) => self.send_close(frame, now),
+            Message::Close(frame) => self.send_close(frame, now()),
         }
     }
 

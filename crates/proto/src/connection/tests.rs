@@ -365,3 +365,29 @@ fn large_server_payloads_are_not_copied() {
     deliver(&mut server, &mut client);
     assert_eq!(drain(&mut client), vec![Ok(Message::Binary(big))]);
 }
+
+#[test]
+fn an_idle_read_buffer_is_taken_and_a_stalled_frame_keeps_only_its_bytes() {
+    let mut server = Connection::new(Role::Server, Config::default());
+    assert!(
+        server.take_idle_read_buffer().is_none(),
+        "nothing to take yet"
+    );
+    server.read_buf().reserve(16 * 1024);
+    let taken = server
+        .take_idle_read_buffer()
+        .expect("an empty buffer is taken");
+    assert!(taken.is_empty() && taken.capacity() >= 16 * 1024);
+    assert_eq!(server.read_buf().capacity(), 0);
+
+    // Three bytes of a frame in a 16 KiB buffer: they move to a buffer of
+    // their own, and the large one comes back empty.
+    server.read_buf().reserve(16 * 1024);
+    server.receive(&[0x82, 0xFE, 0x10]);
+    let large = server.take_idle_read_buffer().expect("the large buffer");
+    assert!(large.is_empty() && large.capacity() >= 16 * 1024);
+    assert_eq!(&server.read_buf()[..], &[0x82, 0xFE, 0x10]);
+    assert!(server.read_buf().capacity() < 1024);
+    // A buffer already of their size stays.
+    assert!(server.take_idle_read_buffer().is_none());
+}
